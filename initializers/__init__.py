@@ -1,0 +1,1 @@
+"""What runs before the steps of a build: nop, credentials, and source fetchers."""

@@ -1,0 +1,144 @@
+"""The `stepkit` command: dispatches to helpers, loading only the one that runs, and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from stepkit import __version__
+
+if TYPE_CHECKING:
+    import click
+
+# name -> (module, attribute or "" for a plain `run(argv) -> int`, one-line help).
+# Strings, not imports: the core must not import the helpers, and a helper's
+# dependencies load only when that helper runs.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "nop": (
+        "initializers.nop",
+        "",
+        "Print 'Build successful' and exit 0 (the pod's last container).",
+    ),
+    "creds-init": (
+        "initializers.creds.cli",
+        "command",
+        "Write git, ssh and docker credentials from mounted secrets into $HOME.",
+    ),
+}
+
+# The plain commands that run without click at all, for start-up time.
+_FAST = {"nop"}
+
+
+def _load(name: str) -> Any:
+    import importlib
+
+    module, attr, _ = COMMANDS[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, attr) if attr else mod
+
+
+def _group() -> click.Group:
+    import click
+
+    from stepkit.clickutil import CONTEXT_SETTINGS, common_options
+
+    class LazyGroup(click.Group):
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return sorted(COMMANDS)
+
+        def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+            if cmd_name not in COMMANDS:
+                return None
+            _module, attr, short = COMMANDS[cmd_name]
+            if attr:
+                cmd = _load(cmd_name)
+                assert isinstance(cmd, click.Command)
+                return cmd
+            plain = _load(cmd_name)
+
+            @click.command(
+                cmd_name,
+                help=short,
+                context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                add_help_option=False,
+            )
+            @click.pass_context
+            def wrapper(inner: click.Context) -> int:
+                return int(plain.run(list(inner.args)))
+
+            return wrapper
+
+        def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    @click.group(
+        cls=LazyGroup,
+        context_settings=CONTEXT_SETTINGS,
+        help="In-pod helpers for Kubernetes build systems (Knative Build, Tekton).",
+    )
+    @click.version_option(
+        __version__, "--version", prog_name="stepkit", message="%(prog)s %(version)s"
+    )
+    @common_options
+    def group() -> None:
+        pass
+
+    return group
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in _FAST:
+        return int(_load(args[0]).run(args[1:]))
+    if args == ["--version"]:
+        sys.stdout.write(f"stepkit {__version__}\n")
+        return 0
+    return run_click(_group(), args, prog_name="stepkit")
+
+
+def run_click(cmd: click.Command, args: list[str], *, prog_name: str) -> int:
+    """Run a click command with stepkit's error contract: one line, exit 1/2/3/130."""
+    import click
+
+    from stepkit import log
+    from stepkit.errors import EXIT_INTERRUPTED, EXIT_USAGE, StepkitError
+
+    name = args[0] if args and args[0] in COMMANDS else ""
+    try:
+        result = cmd.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except StepkitError as exc:
+        _fail(log, name, exc.message, exc)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see 'stepkit {name} --help')" if name else " (see 'stepkit --help')"
+        _fail(log, name, exc.format_message() + hint, None)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        _fail(log, name, exc.format_message(), None)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _fail(log, name, "interrupted", None)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        # An unexpected failure is still one redacted line; the traceback only with --debug.
+        _fail(log, name, f"internal error: {type(exc).__name__}: {exc}", exc)
+        return 1
+    return int(result) if isinstance(result, int) else 0
+
+
+def _fail(log: Any, name: str, message: str, exc: BaseException | None) -> None:
+    import logging
+
+    if not logging.getLogger().handlers:
+        log.setup(name)
+    logger = logging.getLogger("stepkit")
+    if exc is not None and log.debug_enabled():
+        logger.error("%s", message, exc_info=exc)
+    else:
+        logger.error("%s", message)

@@ -1,0 +1,77 @@
+"""Click pieces shared by the helpers: Go-style flags, env-var defaults, logging options."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from stepkit import log
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Go's flag package prints usage on -h and -help; keep those working beside --help.
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help", "-help"]}
+
+
+def go_option(name: str, *, envvar: str, help: str, **kwargs: Any) -> Callable[[F], F]:
+    """An option spelled `-name` and `--name`, each with `=value` or a separate value, as Go's flag package accepts."""
+    decorator = click.option(
+        f"-{name}", f"--{name}", envvar=envvar, show_envvar=True, help=help, **kwargs
+    )
+    return decorator
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    meta = ctx.find_root().meta
+    # A value given on the subcommand wins over the group's; an env default never
+    # overrides an explicit flag given earlier.
+    source = ctx.get_parameter_source(param.name or "")
+    explicit = source not in (click.core.ParameterSource.DEFAULT, None)
+    key = f"stepkit.{param.name}"
+    if explicit or key not in meta:
+        meta[key] = value
+    _apply(ctx)
+    return value
+
+
+def _apply(ctx: click.Context) -> None:
+    meta = ctx.find_root().meta
+    fmt = meta.get("stepkit.log_format") or "text"
+    debug = bool(meta.get("stepkit.debug"))
+    name = ctx.info_name if ctx.parent is not None else ""
+    log.setup(name or "", fmt, debug)
+
+
+def common_options(f: F) -> F:
+    """--log-format and --debug, on the group and on every helper (images fix the entrypoint)."""
+    f = click.option(
+        "--log-format",
+        "-log-format",
+        type=click.Choice(log.FORMATS),
+        envvar="STEPKIT_LOG_FORMAT",
+        show_envvar=True,
+        default="text",
+        expose_value=False,
+        is_eager=True,
+        callback=_remember,
+        help="Log lines as plain text or as JSON objects (level, time, logger, message).",
+    )(f)
+    f = click.option(
+        "--debug",
+        "-debug",
+        is_flag=True,
+        envvar="STEPKIT_DEBUG",
+        show_envvar=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_remember,
+        help="Log debug lines and show tracebacks of unexpected errors.",
+    )(f)
+    return f
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")

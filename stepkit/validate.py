@@ -1,0 +1,74 @@
+"""Checks for values that reach config files, command lines or paths; each error names its source, never a secret."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from stepkit.errors import InputError
+from stepkit.log import printable
+
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control(value: str) -> bool:
+    return bool(_CONTROL.search(value))
+
+
+def shown(value: str) -> str:
+    """A non-secret value as it may appear in an error: quoted, control characters escaped."""
+    return "'" + printable(value) + "'"
+
+
+def secret_name(name: str, where: str) -> str:
+    """A Kubernetes secret name (DNS subdomain): it becomes part of file names, so nothing else passes."""
+    if not _SECRET_NAME.match(name) or ".." in name:
+        raise InputError(
+            f"{where}: secret name {shown(name)} is not a Kubernetes secret name "
+            "(lower-case letters, digits, '-' and '.')"
+        )
+    return name
+
+
+def port(value: str, where: str) -> int:
+    if not value.isascii() or not value.isdigit() or value.startswith("0") or len(value) > 5:
+        raise InputError(f"{where}: port {shown(value)} is not a number from 1 to 65535")
+    number = int(value)
+    if not 1 <= number <= 65535:
+        raise InputError(f"{where}: port {shown(value)} is not a number from 1 to 65535")
+    return number
+
+
+def host(value: str, where: str) -> str:
+    """A DNS name, IPv4 address, or bracketed IPv6 address; returned lower-cased, IPv6 without brackets.
+
+    No wildcard, pattern, quoting or space character passes: ssh_config and git's urlmatch
+    would read them as patterns, and a newline would start a new directive.
+    """
+    if not value:
+        raise InputError(f"{where}: host is empty")
+    if not value.isascii():
+        raise InputError(
+            f"{where}: host {shown(value)} is not ASCII; give the IDNA (xn--) form of the name"
+        )
+    if value.startswith("["):
+        if not value.endswith("]"):
+            raise InputError(f"{where}: host {shown(value)} is not a valid IPv6 address")
+        try:
+            return str(ipaddress.IPv6Address(value[1:-1]))
+        except ValueError:
+            raise InputError(f"{where}: host {shown(value)} is not a valid IPv6 address") from None
+    name = value.lower().rstrip(".") if value.endswith(".") and value != "." else value.lower()
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise InputError(f"{where}: host {shown(value)} is not a valid host name")
+    if labels[0].startswith("-"):
+        raise InputError(f"{where}: host {shown(value)} must not start with '-'")
+    return name
+
+
+def host_for_url(name: str) -> str:
+    """The host as written inside a URL: IPv6 addresses go back into brackets."""
+    return f"[{name}]" if ":" in name else name
