@@ -16,6 +16,45 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help", "-help"]}
 
 
+class GoCommand(click.Command):
+    """A command whose flags parse as Go's flag package does: `-long-name` is one flag, never a cluster.
+
+    click would read `-no-such-flag` as `-n -o ...` and report `-n`; Go has no short-option
+    clusters, so an unknown single-dash word is reported by its whole name instead.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value: set[str] = set()
+        known: set[str] = set()
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option):
+                names = [*param.opts, *param.secondary_opts]
+                known.update(names)
+                if not param.is_flag and not param.count:
+                    takes_value.update(names)
+        out: list[str] = []
+        expect_value = False
+        for index, arg in enumerate(args):
+            if expect_value:
+                out.append(arg)
+                expect_value = False
+                continue
+            if arg == "--":
+                out.extend(args[index:])
+                break
+            name = arg.split("=", 1)[0]
+            if (
+                arg.startswith("-")
+                and not arg.startswith("--")
+                and len(name) > 2
+                and name not in known
+            ):
+                arg = "-" + arg
+            expect_value = "=" not in arg and name in takes_value
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
 def go_option(name: str, *, envvar: str, help: str, **kwargs: Any) -> Callable[[F], F]:
     """An option spelled `-name` and `--name`, each with `=value` or a separate value, as Go's flag package accepts."""
     decorator = click.option(

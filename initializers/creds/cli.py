@@ -9,11 +9,12 @@ import click
 
 from initializers.creds import spec as specmod
 from stepkit import contract
-from stepkit.clickutil import CONTEXT_SETTINGS, common_options, go_option
+from stepkit.clickutil import CONTEXT_SETTINGS, GoCommand, common_options, go_option
 
 
 @click.command(
     "creds-init",
+    cls=GoCommand,
     context_settings=CONTEXT_SETTINGS,
     help="""Write git, ssh and docker credentials from mounted secrets into $HOME.
 

@@ -1,0 +1,138 @@
+"""Shared fixtures: an isolated HOME per test, secrets laid out as the kubelet mounts them, and leak checks."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+STEPKIT = shutil.which("stepkit", path=str(Path(sys.executable).parent)) or "stepkit"
+REAL_HOME = Path(os.environ.get("HOME", "/root"))
+_GUARDED = (".gitconfig", ".git-credentials", ".ssh", ".docker")
+
+
+def _snapshot(home: Path) -> dict[str, float]:
+    seen: dict[str, float] = {}
+    for name in _GUARDED:
+        path = home / name
+        if path.is_dir():
+            for sub in path.rglob("*"):
+                seen[str(sub)] = sub.lstat().st_mtime
+        elif path.exists() or path.is_symlink():
+            seen[str(path)] = path.lstat().st_mtime
+    return seen
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _guard_real_home() -> Iterator[None]:
+    """Fail the run if any test wrote credentials into the developer's real HOME."""
+    before = _snapshot(REAL_HOME)
+    yield
+    after = _snapshot(REAL_HOME)
+    assert after == before, f"a test changed credential files in the real HOME {REAL_HOME}"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own HOME and a git/ssh/docker environment with nothing inherited."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in list(os.environ):
+        if name.startswith(("GIT_", "STEPKIT_", "SSH_", "DOCKER_")) or name in ("XDG_CONFIG_HOME",):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_TERMINAL_PROMPT", "0")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    return home
+
+
+@dataclass
+class Secrets:
+    """A secrets directory with the kubelet's layout: `<name>/<key> -> ..data/<key>`, `..data -> ..<ts>`."""
+
+    root: Path
+    values: list[str] = field(default_factory=list)
+
+    def add(
+        self, name: str, keys: Mapping[str, str | bytes], *, hidden: tuple[str, ...] = ()
+    ) -> Path:
+        base = self.root / name
+        stamp = base / "..2026_11_27_00_00_00.000000001"
+        stamp.mkdir(parents=True)
+        for key, value in keys.items():
+            data = value.encode() if isinstance(value, str) else value
+            (stamp / key).write_bytes(data)
+            (base / key).symlink_to(Path("..data") / key)
+        (base / "..data").symlink_to(stamp.name)
+        for key in hidden or tuple(k for k in keys if k in SECRET_KEYS):
+            value = keys[key]
+            text = value.decode() if isinstance(value, bytes) else value
+            self.values.append(text)
+            if text.endswith("\n"):
+                self.values.append(text[:-1])
+        return base
+
+
+SECRET_KEYS = ("password", "ssh-privatekey", ".dockerconfigjson", ".dockercfg")
+
+
+@pytest.fixture
+def secrets(tmp_path: Path) -> Secrets:
+    root = tmp_path / "secrets"
+    root.mkdir()
+    return Secrets(root)
+
+
+def leak_forms(value: str) -> set[str]:
+    """Every spelling of a secret that must not appear in any output."""
+    raw = value.encode()
+    forms = {value, quote(value, safe=""), base64.b64encode(raw).decode()}
+    for line in value.splitlines():
+        if len(line) >= 8:
+            forms.add(line)
+    return {f for f in forms if len(f) >= 3}
+
+
+def assert_no_leak(text: str, values: list[str]) -> None:
+    for value in values:
+        for form in leak_forms(value):
+            assert form not in text, "a secret value (or an encoded form) appeared in the output"
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_stepkit(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> Run:
+    """Run the installed console script as a user would, in a real process."""
+    full = dict(os.environ)
+    if env:
+        full.update(env)
+    proc = subprocess.run(
+        [STEPKIT, *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
