@@ -27,7 +27,7 @@ def home(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
     value = environ.get("HOME", "")
     if not value:
         raise InputError("HOME is not set; the pod contract sets HOME=/builder/home")
-    if not _SAFE_PATH.match(value) or "/../" in value + "/" or "/./" in value + "/":
+    if not _SAFE_PATH.fullmatch(value) or "/../" in value + "/" or "/./" in value + "/":
         raise InputError(
             "HOME must be an absolute, normalised path of letters, digits and ._/@+=,- "
             f"(got {value!r})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -138,8 +137,21 @@ class SafeTree:
         finally:
             os.close(fd)
 
-    def write(self, rel: str, data: bytes, *, mode: int = 0o600, dir_mode: int = 0o700) -> None:
-        """Create or replace rel atomically, with `mode` from the first byte on."""
+    def write(
+        self,
+        rel: str,
+        data: bytes,
+        *,
+        mode: int = 0o600,
+        dir_mode: int = 0o700,
+        durable: bool = False,
+    ) -> None:
+        """Create or replace rel atomically, with `mode` from the first byte on.
+
+        durable adds fsync of the file and its directory. Credentials don't need it: the
+        steps that read them share this page cache, and a node that crashes takes the pod
+        with it; results do, since the kubelet reads them after the container has exited.
+        """
         parts = _parts(rel)
         try:
             fd = self._open_dir(parts[:-1], create=True, mode=dir_mode)
@@ -147,7 +159,7 @@ class SafeTree:
             raise DeniedError(f"cannot create {self._name(rel)}: {exc.strerror}") from None
         assert fd is not None
         name = parts[-1]
-        tmp = f".{name}.stepkit-{secrets.token_hex(6)}"
+        tmp = f".{name}.stepkit-{os.urandom(6).hex()}"
         try:
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -165,11 +177,13 @@ class SafeTree:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(ffd, view) :]
-                os.fsync(ffd)
+                if durable:
+                    os.fsync(ffd)
             finally:
                 os.close(ffd)
             os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=fd)

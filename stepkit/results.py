@@ -66,4 +66,4 @@ def write_results(
     if results_dir:
         with SafeTree(Path(results_dir), label=results_dir) as tree:
             for key, value in results.items():
-                tree.write(key, value.encode(), mode=0o644, dir_mode=0o755)
+                tree.write(key, value.encode(), mode=0o644, dir_mode=0o755, durable=True)

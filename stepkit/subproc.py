@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,40 +29,58 @@ def run(
     stdin: str | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run argv (never through a shell); on failure raise CommandError with redacted output."""
+    """Run argv (never through a shell); on failure raise CommandError with redacted output.
+
+    The child leads a process group of its own and has no controlling terminal: on a time-out
+    the whole group is killed (git's transport helpers and ssh included, whose open pipes
+    would otherwise keep us waiting), and no child can prompt on a terminal.
+    """
     args = list(argv)
     shown = clean(" ".join(args))
     log.debug("running %s", shown)
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             args,
             env=dict(env) if env is not None else None,
             cwd=cwd,
-            input=stdin,
-            capture_output=True,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             errors="replace",
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise CommandError(
             f"{args[0]} is not installed or not on PATH", argv=[shown], returncode=127, output=""
         ) from None
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stderr if isinstance(exc.stderr, str) else ""
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
         raise CommandError(
             f"{args[0]} did not finish within {timeout:g} s",
             argv=[shown],
             returncode=-1,
-            output=clean(_tail(out)),
+            output=clean(_tail(err or "")),
         ) from None
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    result = subprocess.CompletedProcess(args, proc.returncode, out, err)
     if check and proc.returncode != 0:
-        output = clean(_tail(proc.stderr or proc.stdout))
+        output = clean(_tail(err or out))
         raise CommandError(
             f"{args[0]} exited {proc.returncode}: {output.splitlines()[-1] if output else ''}",
             argv=[shown],
             returncode=proc.returncode,
             output=output,
         )
-    return proc
+    return result
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ import re
 from stepkit.errors import InputError
 from stepkit.log import printable
 
+# Used with fullmatch: `$` alone also lets a value ending in "\n" through.
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -24,7 +25,7 @@ def shown(value: str) -> str:
 
 def secret_name(name: str, where: str) -> str:
     """A Kubernetes secret name (DNS subdomain): it becomes part of file names, so nothing else passes."""
-    if not _SECRET_NAME.match(name) or ".." in name:
+    if not _SECRET_NAME.fullmatch(name) or ".." in name:
         raise InputError(
             f"{where}: secret name {shown(name)} is not a Kubernetes secret name "
             "(lower-case letters, digits, '-' and '.')"
@@ -41,6 +42,14 @@ def port(value: str, where: str) -> int:
     return number
 
 
+def _idna_form(value: str) -> str:
+    """The name to give instead of an internationalised one: ssh and git compare hosts byte for byte."""
+    try:
+        return f"its IDNA form {shown(value.encode('idna').decode('ascii'))}"
+    except UnicodeError:
+        return "the IDNA (xn--) form of the name"
+
+
 def host(value: str, where: str) -> str:
     """A DNS name, IPv4 address, or bracketed IPv6 address; returned lower-cased, IPv6 without brackets.
 
@@ -50,9 +59,7 @@ def host(value: str, where: str) -> str:
     if not value:
         raise InputError(f"{where}: host is empty")
     if not value.isascii():
-        raise InputError(
-            f"{where}: host {shown(value)} is not ASCII; give the IDNA (xn--) form of the name"
-        )
+        raise InputError(f"{where}: host {shown(value)} is not ASCII; give {_idna_form(value)}")
     if value.startswith("["):
         if not value.endswith("]"):
             raise InputError(f"{where}: host {shown(value)} is not a valid IPv6 address")
@@ -62,7 +69,7 @@ def host(value: str, where: str) -> str:
             raise InputError(f"{where}: host {shown(value)} is not a valid IPv6 address") from None
     name = value.lower().rstrip(".") if value.endswith(".") and value != "." else value.lower()
     labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise InputError(f"{where}: host {shown(value)} is not a valid host name")
     if labels[0].startswith("-"):
         raise InputError(f"{where}: host {shown(value)} must not start with '-'")

@@ -42,24 +42,27 @@ class DockerConfig:
         self.doc: dict[str, Any] = dict(existing or {})
         auths = self.doc.get("auths", {})
         self.auths: dict[str, dict[str, Any]] = dict(auths) if isinstance(auths, dict) else {}
-        self.owners: dict[str, tuple[str, str]] = {}  # identity -> (key, where it came from)
+        self.owners: dict[str, str] = {}  # identity -> where its entry came from
         for key in self.auths:
-            self.owners[registry_key(key)[0]] = (key, "the existing config.json")
+            self.owners[registry_key(key)[0]] = "the existing config.json"
         self.allowed = frozenset(helpers)
 
     def _put(self, registry: str, entry: dict[str, Any], source: str) -> None:
         identity, key = registry_key(registry)
         if identity in self.owners:
-            old_key, old_source = self.owners[identity]
+            old_source = self.owners[identity]
             log.warning(
                 "docker registry %s: credentials from %s replace those from %s",
                 shown(key),
                 source,
                 old_source,
             )
-            self.auths.pop(old_key, None)
+        # An existing config.json may spell one registry twice ("docker.io" and the v1 URL):
+        # leave none of the old spellings beside the new entry.
+        for stale in [k for k in self.auths if registry_key(k)[0] == identity]:
+            del self.auths[stale]
         self.auths[key] = entry
-        self.owners[identity] = (key, source)
+        self.owners[identity] = source
 
     def add_basic(self, registry: str, username: str, password: str, source: str) -> None:
         auth = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
@@ -137,7 +140,7 @@ class DockerConfig:
             self.doc["credHelpers"] = kept
 
     def _allowed(self, helper: Any, source: str, what: str) -> bool:
-        if not isinstance(helper, str) or not _HELPER.match(helper):
+        if not isinstance(helper, str) or not _HELPER.fullmatch(helper):
             raise InputError(f"{source}: {what} is not a credential helper name")
         if helper in self.allowed:
             return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 from initializers.creds.spec import BasicGit
@@ -32,39 +33,39 @@ def _store_line(login: GitLogin, path: str) -> str:
     return f"{e.scheme}://{user}:{password}@{e.netloc}{path}\n"
 
 
-def build(logins: Sequence[GitLogin], extra_sections: str = "") -> tuple[str, str]:
-    """Return (.gitconfig, .git-credentials) for the given logins, in command-line order.
+REPO_CREDENTIALS = ".git-credentials-repos"
+
+
+def build(logins: Sequence[GitLogin], home: Path, extra_sections: str = "") -> tuple[str, str, str]:
+    """Return (.gitconfig, .git-credentials, .git-credentials-repos), in command-line order.
 
     A login whose url has a path serves only that repository: its section sets
-    useHttpPath, so git hands the path to the store helper, which then matches only the
-    line with that exact path (".git" spelling included). Host-wide lines come first in
-    the store, because a request without a path takes the first line of its host. A host
-    that has only repository-scoped logins gets no helper at host level, so a token for
-    one repository is never offered to another.
+    useHttpPath, so git hands the path to the store helper, which matches only the line
+    with that exact path (".git" spelling included). Those lines live in a store of their
+    own, which that section alone names after resetting the helper list: the store helper
+    moves every credential it approves to the top of its file, and a request without a
+    path takes the first line of its host, so one shared file would soon offer a
+    repository's token to the whole host.
     """
+    repo_store = home / REPO_CREDENTIALS
     config = [HEADER, "[credential]\n", "\thelper = store\n"]
-    host_wide = {(g.entry.scheme, g.entry.netloc) for g in logins if not g.entry.path}
     store_host: list[str] = []
     store_repo: list[str] = []
-    reset_done: set[tuple[str, str]] = set()
     for login in logins:
         e = login.entry
         if not e.path:
             config.append(f'[credential "{e.url}"]\n\tusername = {quote_value(login.username)}\n')
             store_host.append(_store_line(login, ""))
             continue
-        host_key = (e.scheme, e.netloc)
-        scoped_only = host_key not in host_wide
-        if scoped_only and host_key not in reset_done:
-            # An empty helper value resets the list for this host (git >= 2.9).
-            config.append(f'[credential "{e.scheme}://{e.netloc}"]\n\thelper =\n')
-            reset_done.add(host_key)
         for path in (e.path, e.path + ".git"):
-            section = f'[credential "{e.scheme}://{e.netloc}{path}"]\n'
+            # git matches these sections against the url it builds with every byte but the
+            # unreserved ones and '/' percent-encoded, and compares a reserved byte's escape
+            # literally: a path with '=' only matches if written as '%3D' here too.
+            section = f'[credential "{e.scheme}://{e.netloc}{quote(path)}"]\n'
             section += f"\tusername = {quote_value(login.username)}\n\tuseHttpPath = true\n"
-            if scoped_only:
-                section += "\thelper =\n\thelper = store\n"
+            # An empty value resets the helper list (git >= 2.9).
+            section += f"\thelper =\n\thelper = store --file={repo_store}\n"
             config.append(section)
             store_repo.append(_store_line(login, path))
     config.append(extra_sections)
-    return "".join(config), "".join(store_host + store_repo)
+    return "".join(config), "".join(store_host), "".join(store_repo)

@@ -58,7 +58,9 @@ def run(spec: CredsSpec) -> int:
             )
 
     ssh_files = sshcreds.build(spec.ssh_git, keys, known, spec.home)
-    gitconfig, git_credentials = gitcreds.build(logins, ssh_files.git_sections)
+    gitconfig, git_credentials, repo_credentials = gitcreds.build(
+        logins, spec.home, ssh_files.git_sections
+    )
 
     with SafeTree(spec.home, label="$HOME") as home:
         existing_raw = home.read(DOCKER_CONFIG)
@@ -90,6 +92,7 @@ def run(spec: CredsSpec) -> int:
         files: list[tuple[str, bytes]] = [
             (GITCONFIG, gitconfig.encode()),
             (GIT_CREDENTIALS, git_credentials.encode()),
+            (gitcreds.REPO_CREDENTIALS, repo_credentials.encode()),
             *((f".ssh/{name}", text.encode()) for name, text in ssh_files.keys.items()),
             (SSH_CONFIG, ssh_files.config.encode()),
             (KNOWN_HOSTS, ssh_files.known_hosts.encode()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,10 @@ from stepkit import validate
 from stepkit.errors import InputError
 from stepkit.validate import shown
 
-_URL_CHARS = re.compile(r"^[A-Za-z0-9._~:/\[\]-]+$")
-_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)*/?$")
+# Used with fullmatch: `$` alone also lets a value ending in "\n" through. '=' may appear
+# in a repository path (SPEC §1: the flag splits on the first '=' only).
+_URL_CHARS = re.compile(r"^[A-Za-z0-9._~:/=\[\]-]+$")
+_PATH = re.compile(r"^(/[A-Za-z0-9._~=-]+)*/?$")
 _SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _SSH_TARGET = re.compile(r"^[A-Za-z0-9._:\[\]-]+$")
 
@@ -80,22 +83,34 @@ def _strip_repo_suffix(path: str) -> str:
 
 def _check_path(flag: str, path: str) -> None:
     segments = [s for s in path.split("/") if s]
-    if not _PATH.match(path) or any(s in (".", "..") or s.startswith("-") for s in segments):
+    if not _PATH.fullmatch(path) or any(s in (".", "..") or s.startswith("-") for s in segments):
         raise InputError(
             f"{flag}: repository path {shown(path)} holds characters or segments not allowed"
         )
+
+
+def _idn_host(where: str, host: str) -> None:
+    """An internationalised host fails with its IDNA form named, rather than with the generic message."""
+    if host and not host.isascii():
+        validate.host(host, where)
 
 
 def parse_basic_git(value: str) -> BasicGit:
     flag = "-basic-git"
     secret, url = split_pair(flag, value)
     where = f"{flag} {secret}"
-    if validate.has_control(url) or not _URL_CHARS.match(url):
+    if not url.isascii() and not validate.has_control(url):
+        with contextlib.suppress(ValueError):
+            _idn_host(where, urlsplit(url).hostname or "")
+    if validate.has_control(url) or not _URL_CHARS.fullmatch(url):
         raise InputError(
-            f"{where}: url {shown(url)} may hold only letters, digits and ._~:/- "
+            f"{where}: url {shown(url)} may hold only letters, digits and ._~:/=- "
             "(no wildcard, quote, space, userinfo, query or fragment)"
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unbalanced '[' or ']'
+        raise InputError(f"{where}: url {shown(url)} has an invalid host") from None
     if parts.scheme.lower() not in ("https", "http") or "://" not in url:
         raise InputError(f"{where}: url {shown(url)} must start with https:// or http://")
     netloc = parts.netloc
@@ -132,13 +147,14 @@ def parse_ssh_git(value: str) -> SshGit:
         authority, slash, path = rest.partition("/")
         if "@" in authority:
             user, _, authority = authority.rpartition("@")
-            if not _SSH_USER.match(user):
+            if not _SSH_USER.fullmatch(user):
                 raise InputError(f"{where}: user {shown(user)} is not a plain user name")
         if slash:
             _check_path(where, "/" + path)
             path = _strip_repo_suffix(path.strip("/"))
         target = authority
-    if not _SSH_TARGET.match(target):
+    _idn_host(where, target.partition(":")[0])
+    if not _SSH_TARGET.fullmatch(target):
         raise InputError(
             f"{where}: host {shown(target)} must be host, host:port or ssh://[user@]host[:port]/repo "
             "(no pattern, quote, space or list characters)"
@@ -152,10 +168,13 @@ def parse_ssh_git(value: str) -> SshGit:
         if rest:
             if not rest.startswith(":"):
                 raise InputError(f"{where}: host {shown(target)} is not valid")
-            port_part = rest[1:] or "x"
+            port_part = rest[1:]
+            if not port_part:
+                raise InputError(f"{where}: host {shown(target)} has an empty port")
     elif ":" in target:
         host_part, _, port_part = target.partition(":")
-        port_part = port_part or "x"
+        if not port_part:
+            raise InputError(f"{where}: host {shown(target)} has an empty port")
     name = validate.host(host_part, where)
     number = validate.port(port_part, where) if port_part else 22
     return SshGit(secret, name, number, user, path)
@@ -167,7 +186,7 @@ _REGISTRY = re.compile(r"^(https?://)?[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$
 def parse_basic_docker(value: str) -> BasicDocker:
     flag = "-basic-docker"
     secret, registry = split_pair(flag, value)
-    if validate.has_control(registry) or not _REGISTRY.match(registry):
+    if validate.has_control(registry) or not _REGISTRY.fullmatch(registry):
         raise InputError(
             f"{flag} {secret}: registry {shown(registry)} is not a registry host or URL"
         )

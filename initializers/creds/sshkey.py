@@ -20,12 +20,16 @@ _MAGIC = b"openssh-key-v1\x00"
 _KNOWN_TYPES = {
     "ssh-ed25519",
     "ssh-rsa",
-    "ssh-dss",
     "ecdsa-sha2-nistp256",
     "ecdsa-sha2-nistp384",
     "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
+}
+# Types ssh could name but a build pod can't use: security keys need their hardware token
+# at every login, and OpenSSH no longer accepts DSA by default.
+_UNUSABLE_TYPES = {
+    "ssh-dss": "DSA keys are disabled in current OpenSSH",
+    "sk-ssh-ed25519@openssh.com": "security-key (sk-) keys need their hardware token",
+    "sk-ecdsa-sha2-nistp256@openssh.com": "security-key (sk-) keys need their hardware token",
 }
 
 
@@ -51,6 +55,11 @@ class _Reader:
 
     def string(self) -> bytes:
         return self.take(self.u32())
+
+
+def _wire(*fields: bytes) -> bytes:
+    """Fields as the ssh wire format writes them: each a 32-bit length, then the bytes."""
+    return b"".join(struct.pack(">I", len(f)) + f for f in fields)
 
 
 def normalise(text: str) -> str:
@@ -89,18 +98,32 @@ def _check_openssh(text: str, where: str) -> None:
         if private.u32() != private.u32():
             raise _Bad
         key_type = private.string().decode("ascii")
+        if pub_type in _UNUSABLE_TYPES:
+            raise InputError(
+                f"{where}: ssh-privatekey is a {pub_type} key, which a build cannot use: "
+                f"{_UNUSABLE_TYPES[pub_type]}; use an ed25519, ecdsa or rsa key"
+            )
         if key_type != pub_type or key_type not in _KNOWN_TYPES:
             raise _Bad
         if key_type == "ssh-ed25519":
             pub, priv = private.string(), private.string()
             if len(pub) != 32 or len(priv) != 64 or priv[32:] != pub:
                 raise _Bad
+            public_fields = [pub]
         elif key_type == "ssh-rsa":
-            for _ in range(6):  # n, e, d, iqmp, p, q
-                if not private.string():
-                    raise _Bad
+            n, e, d, iqmp, p, q = (private.string() for _ in range(6))
+            if not all((n, e, d, iqmp, p, q)):
+                raise _Bad
+            public_fields = [e, n]
         elif key_type.startswith("ecdsa-"):
-            private.string(), private.string(), private.string()  # curve, Q, d
+            curve, point, _d = private.string(), private.string(), private.string()
+            public_fields = [curve, point]
+        else:
+            raise _Bad
+        # ssh refuses a key whose public half does not match its private half (OpenSSH
+        # compares them on load): a damaged public part must fail here, not in a later step.
+        if public.data != _wire(key_type.encode("ascii"), *public_fields):
+            raise _Bad
         private.string()  # comment
         padding = private.data[private.pos :]
         if padding != bytes(range(1, len(padding) + 1)):
