@@ -60,6 +60,8 @@ class Result:
     note: str = ""
     baseline: list[Sample] = field(default_factory=list)
     candidate: list[Sample] = field(default_factory=list)
+    baseline_rss_kib: list[int] = field(default_factory=list)
+    candidate_rss_kib: list[int] = field(default_factory=list)
     error: str = ""
 
     @property
@@ -85,8 +87,8 @@ class Result:
             target=self.target,
             over_target=self.target is not None and ratio > self.target,
             failed_runs=self.failures,
-            baseline_maxrss_mib=statistics.median(s.maxrss_kib for s in self.baseline) / 1024,
-            candidate_maxrss_mib=statistics.median(s.maxrss_kib for s in self.candidate) / 1024,
+            baseline_maxrss_mib=statistics.median(self.baseline_rss_kib or [0]) / 1024,
+            candidate_maxrss_mib=statistics.median(self.candidate_rss_kib or [0]) / 1024,
         )
 
 
@@ -108,6 +110,9 @@ class Summary:
     candidate_maxrss_mib: float
 
 
+RSS_RUNS = 5
+
+
 def spawn(argv: Sequence[str], env: dict[str, str], *, quiet: bool = True) -> Sample:
     """Run one child exactly as an entrypoint would (the kernel reads the shebang), timed to the reap."""
     actions = _DEVNULL_ACTIONS if quiet else []
@@ -116,6 +121,28 @@ def spawn(argv: Sequence[str], env: dict[str, str], *, quiet: bool = True) -> Sa
     _, status, usage = os.wait4(pid, 0)
     elapsed = time.perf_counter() - start
     return Sample(elapsed, os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+
+
+def peak_rss_kib(argv: Sequence[str], env: dict[str, str]) -> int:
+    """Peak memory of one run, through GNU time, in runs of its own that are not timed.
+
+    A child of this process can't report its own peak: posix_spawn (vfork) and fork both
+    start it in this interpreter's memory, and the kernel keeps that high-water mark in
+    ru_maxrss across exec. GNU time is a small process, so its child's mark is the command's.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as out:
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", out.name, *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        text = out.read().strip().splitlines()
+    if proc.returncode != 0 or not text:
+        return 0
+    return int(text[-1])
 
 
 def child_env() -> dict[str, str]:
@@ -274,6 +301,9 @@ def measure(
         if i >= warmup:
             result.baseline.append(base)
             result.candidate.append(cand)
+    for _ in range(RSS_RUNS):
+        result.baseline_rss_kib.append(peak_rss_kib(baseline, {**env, "HOME": str(homes.new())}))
+        result.candidate_rss_kib.append(peak_rss_kib(bench.argv, {**env, "HOME": str(homes.new())}))
     if result.failures:
         result.error = f"{result.failures} of {runs} runs exited non-zero"
     return result

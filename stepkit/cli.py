@@ -101,17 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--version"]:
         sys.stdout.write(f"stepkit {__version__}\n")
         return 0
+    if args and args[0] in COMMANDS and COMMANDS[args[0]][1]:
+        # Straight to the helper's command: building the group costs click's gettext
+        # look-ups for its own option texts (~3 ms of a helper's start-up).
+        return run_click(_load(args[0]), args[1:], prog_name=f"stepkit {args[0]}", name=args[0])
     return run_click(_group(), args, prog_name="stepkit")
 
 
-def run_click(cmd: click.Command, args: list[str], *, prog_name: str) -> int:
+def run_click(cmd: click.Command, args: list[str], *, prog_name: str, name: str = "") -> int:
     """Run a click command with stepkit's error contract: one line, exit 1/2/3/130."""
     import click
 
     from stepkit import log
     from stepkit.errors import EXIT_INTERRUPTED, EXIT_USAGE, StepkitError
 
-    name = args[0] if args and args[0] in COMMANDS else ""
+    name = name or next((a for a in args if a in COMMANDS), "")
     try:
         result = cmd.main(args=args, prog_name=prog_name, standalone_mode=False)
     except StepkitError as exc:

@@ -80,7 +80,7 @@ def _apply(ctx: click.Context) -> None:
     meta = ctx.find_root().meta
     fmt = meta.get("stepkit.log_format") or "text"
     debug = bool(meta.get("stepkit.debug"))
-    name = ctx.info_name if ctx.parent is not None else ""
+    name = "" if isinstance(ctx.command, click.Group) else (ctx.command.name or "")
     log.setup(name or "", fmt, debug)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from stepkit.errors import InputError
@@ -63,6 +62,8 @@ def host(value: str, where: str) -> str:
     if value.startswith("["):
         if not value.endswith("]"):
             raise InputError(f"{where}: host {shown(value)} is not a valid IPv6 address")
+        import ipaddress  # only for the rare IPv6 host: it costs start-up time
+
         try:
             return str(ipaddress.IPv6Address(value[1:-1]))
         except ValueError:
