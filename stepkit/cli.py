@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Write git, ssh and docker credentials from mounted secrets into $HOME.",
     ),
+    "git-init": (
+        "initializers.gitsrc.cli",
+        "command",
+        "Fetch one revision of a git repository into the workspace.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.

@@ -30,7 +30,13 @@ class GoCommand(click.Command):
             if isinstance(param, click.Option):
                 names = [*param.opts, *param.secondary_opts]
                 known.update(names)
-                if not param.is_flag and not param.count:
+                # An option whose value is optional (a Go bool: -submodules or
+                # -submodules=false) never takes the next word as its value.
+                if (
+                    not param.is_flag
+                    and not param.count
+                    and not getattr(param, "_flag_needs_value", False)
+                ):
                     takes_value.update(names)
         out: list[str] = []
         expect_value = False
@@ -61,6 +67,39 @@ def go_option(name: str, *, envvar: str, help: str, **kwargs: Any) -> Callable[[
         f"-{name}", f"--{name}", envvar=envvar, show_envvar=True, help=help, **kwargs
     )
     return decorator
+
+
+class GoBool(click.ParamType[bool]):
+    """A boolean as Go's strconv.ParseBool reads it: 1 t T TRUE true True, 0 f F FALSE false False."""
+
+    name = "bool"
+    _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+    _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        if isinstance(value, bool):
+            return value
+        if value in self._TRUE:
+            return True
+        if value in self._FALSE:
+            return False
+        self.fail(f"{value!r} is not a boolean (true or false)", param, ctx)
+
+
+def go_bool_option(name: str, *, envvar: str, default: bool, help: str) -> Callable[[F], F]:
+    """A Go bool flag: `-name` alone is true, `-name=false` is false, as Go's flag package reads them."""
+    return click.option(
+        f"-{name}",
+        f"--{name}",
+        envvar=envvar,
+        show_envvar=True,
+        type=GoBool(),
+        is_flag=False,
+        flag_value="true",
+        default=default,
+        show_default=True,
+        help=help,
+    )
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

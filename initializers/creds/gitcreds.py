@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from initializers.creds.spec import BasicGit
+from stepkit.gitenv import config_value
 
 HEADER = "# Written by stepkit creds-init. Every step of the build reads it through $HOME.\n"
 
@@ -17,11 +18,6 @@ class GitLogin:
     entry: BasicGit
     username: str
     password: str
-
-
-def quote_value(value: str) -> str:
-    """A git config value in double quotes, so '#', ';' and spaces stay part of it."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _store_line(login: GitLogin, path: str) -> str:
@@ -54,7 +50,7 @@ def build(logins: Sequence[GitLogin], home: Path, extra_sections: str = "") -> t
     for login in logins:
         e = login.entry
         if not e.path:
-            config.append(f'[credential "{e.url}"]\n\tusername = {quote_value(login.username)}\n')
+            config.append(f'[credential "{e.url}"]\n\tusername = {config_value(login.username)}\n')
             store_host.append(_store_line(login, ""))
             continue
         for path in (e.path, e.path + ".git"):
@@ -62,7 +58,7 @@ def build(logins: Sequence[GitLogin], home: Path, extra_sections: str = "") -> t
             # unreserved ones and '/' percent-encoded, and compares a reserved byte's escape
             # literally: a path with '=' only matches if written as '%3D' here too.
             section = f'[credential "{e.scheme}://{e.netloc}{quote(path)}"]\n'
-            section += f"\tusername = {quote_value(login.username)}\n\tuseHttpPath = true\n"
+            section += f"\tusername = {config_value(login.username)}\n\tuseHttpPath = true\n"
             # An empty value resets the helper list (git >= 2.9).
             section += f"\thelper =\n\thelper = store --file={repo_store}\n"
             config.append(section)

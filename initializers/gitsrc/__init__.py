@@ -1,0 +1,1 @@
+"""git-init (SPEC §2): fetches one revision of a git repository into the workspace."""

@@ -1,0 +1,202 @@
+"""`stepkit git-init`: Knative's and Tekton's git-init flags, in every spelling Go's flag package accepts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from stepkit import contract
+from stepkit.clickutil import CONTEXT_SETTINGS, GoCommand, common_options, go_bool_option, go_option
+
+
+@click.command(
+    "git-init",
+    cls=GoCommand,
+    context_settings=CONTEXT_SETTINGS,
+    help="""Fetch one revision of a git repository into the workspace.
+
+Fetches only what the revision needs (a shallow fetch, or history without file contents
+when the server won't hand out an old commit by itself), checks it out, and writes the
+results commit, url and committer-date. Credentials come from what creds-init wrote into
+$HOME. Exits non-zero with one line saying what went wrong; network failures are retried.""",
+)
+@go_option(
+    "url",
+    envvar="STEPKIT_GIT_URL",
+    required=True,
+    metavar="URL",
+    help="Repository url (https, ssh, git; scp-like user@host:path).",
+)
+@go_option(
+    "revision",
+    envvar="STEPKIT_GIT_REVISION",
+    default="",
+    metavar="REV",
+    help="Branch, tag, full or short SHA, pull/N/head or refs/...; empty for the default branch.",
+)
+@go_option(
+    "path",
+    envvar="STEPKIT_GIT_PATH",
+    default="",
+    metavar="DIR",
+    help="Directory under the workspace to check out into.",
+)
+@go_option(
+    "refspec",
+    envvar="STEPKIT_GIT_REFSPEC",
+    default="",
+    metavar="REFSPECS",
+    help="Space-separated refspecs to fetch instead of the revision (Tekton).",
+)
+@go_option(
+    "depth",
+    envvar="STEPKIT_GIT_DEPTH",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="History depth to fetch; 0 for all of it.",
+)
+@go_bool_option(
+    "submodules",
+    envvar="STEPKIT_GIT_SUBMODULES",
+    default=True,
+    help="Fetch submodules, with the same depth and credentials.",
+)
+@go_bool_option(
+    "sslVerify",
+    envvar="STEPKIT_GIT_SSL_VERIFY",
+    default=True,
+    help="Verify the server's TLS certificate.",
+)
+@go_option(
+    "sparseCheckoutDirectories",
+    envvar="STEPKIT_GIT_SPARSE_DIRS",
+    default="",
+    metavar="DIRS",
+    help="Comma-separated directories to check out (sparse, cone mode).",
+)
+@go_option(
+    "terminationMessagePath",
+    envvar="STEPKIT_TERMINATION_MESSAGE_PATH",
+    default=None,
+    metavar="FILE",
+    help=f"Where to write results as a termination message. [default: {contract.TERMINATION_LOG} when writable]",
+)
+@go_option(
+    "results-dir",
+    envvar="STEPKIT_RESULTS_DIR",
+    default=None,
+    metavar="DIR",
+    help="Also write each result to DIR/<key> (Tekton: /tekton/results).",
+)
+@go_option(
+    "workspace",
+    envvar="STEPKIT_WORKSPACE",
+    default=None,
+    metavar="DIR",
+    help="The workspace -path is relative to. [default: the working directory]",
+)
+@go_option(
+    "retries",
+    envvar="STEPKIT_GIT_RETRIES",
+    type=click.IntRange(min=0, max=20),
+    default=3,
+    show_default=True,
+    help="Retries of a network failure.",
+)
+@go_option(
+    "retry-backoff",
+    envvar="STEPKIT_GIT_RETRY_BACKOFF",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds before the first retry; doubled each time, with jitter.",
+)
+@go_option(
+    "timeout",
+    envvar="STEPKIT_GIT_TIMEOUT",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds one network operation may take.",
+)
+@go_option(
+    "allow-http",
+    envvar="STEPKIT_GIT_ALLOW_HTTP",
+    is_flag=True,
+    help="Allow plain http:// urls (unencrypted).",
+)
+@go_option(
+    "allow-local",
+    envvar="STEPKIT_GIT_ALLOW_LOCAL",
+    is_flag=True,
+    help="Allow file:// urls and local paths.",
+)
+@go_option(
+    "force",
+    envvar="STEPKIT_GIT_FORCE",
+    is_flag=True,
+    help="Fetch into a non-empty directory that is not a previous checkout.",
+)
+@common_options
+def command(
+    url: str,
+    revision: str,
+    path: str,
+    refspec: str,
+    depth: int,
+    submodules: bool,
+    sslverify: bool,
+    sparsecheckoutdirectories: str,
+    terminationmessagepath: str | None,
+    results_dir: str | None,
+    workspace: str | None,
+    retries: int,
+    retry_backoff: float,
+    timeout: float,
+    allow_http: bool,
+    allow_local: bool,
+    force: bool,
+) -> int:
+    import logging
+
+    from initializers.gitsrc import spec as specmod
+    from initializers.gitsrc.fetch import run
+
+    log = logging.getLogger(__name__)
+    repo = specmod.parse_url(url, allow_http=allow_http, allow_local=allow_local)
+    if repo.password is not None:
+        log.warning(
+            "-url holds credentials; they are used for this fetch only, never stored or shown"
+        )
+    if not sslverify:
+        log.warning("-sslVerify=false: the server's TLS certificate is not checked")
+    ws = Path(workspace or os.getcwd())
+    schemes = (
+        {"https", "ssh", "git"}
+        | ({"http"} if allow_http else set())
+        | ({"file"} if allow_local else set())
+    )
+    spec = specmod.FetchSpec(
+        url=repo,
+        revision=specmod.parse_revision(revision),
+        refspecs=specmod.parse_refspecs(refspec) if refspec else (),
+        dest=specmod.resolve_dest(ws, path),
+        workspace=ws,
+        depth=depth,
+        submodules=submodules,
+        ssl_verify=sslverify,
+        sparse_dirs=specmod.parse_sparse(sparsecheckoutdirectories),
+        termination_path=terminationmessagepath
+        if terminationmessagepath is not None
+        else contract.default_termination_path(),
+        results_dir=results_dir,
+        retries=retries,
+        backoff=retry_backoff,
+        timeout=timeout,
+        force=force,
+        allowed_schemes=frozenset(schemes),
+    )
+    return run(spec)

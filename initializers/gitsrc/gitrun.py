@@ -1,0 +1,175 @@
+"""Running git for git-init: every call safe by construction, network calls retried, failures in the user's terms."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from initializers.gitsrc.spec import FetchSpec
+from stepkit import gitenv, subproc
+from stepkit.errors import CommandError, DeniedError, StepkitError
+
+log = logging.getLogger(__name__)
+
+_AUTH = re.compile(
+    r"Authentication failed|could not read (Username|Password)|Permission denied \(publickey|"
+    r"HTTP Basic: Access denied|returned error: 40[13]|The requested URL returned error: 40[13]|"
+    r"Invalid username or password"
+)
+_HOSTKEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED")
+_NOT_FOUND = re.compile(
+    r"[Rr]epository '?[^']*'? not found|does not appear to be a git repository|returned error: 404|"
+    r"No such file or directory|access denied or repository not exported"
+)
+_NO_REF = re.compile(
+    r"couldn't find remote ref|not our ref|no such remote ref|unadvertised object|"
+    r"Server does not allow request for unadvertised object|fatal: remote error: upload-pack: not our ref"
+)
+_RESOLVE = re.compile(
+    r"Could not resolve host|Name or service not known|Temporary failure in name resolution"
+)
+_TRANSIENT = re.compile(
+    r"Connection refused|Connection timed out|Operation timed out|Network is unreachable|"
+    r"No route to host|Failed to connect|Connection reset|early EOF|hung up unexpectedly|"
+    r"RPC failed|returned error: 5\d\d|HTTP 5\d\d|unexpected disconnect|transfer closed|"
+    r"kex_exchange_identification|Connection closed by|SSL_ERROR_SYSCALL|gnutls_handshake|"
+    r"unable to access|Could not read from remote repository|index-pack failed|"
+    r"protocol error: bad pack header|the remote end hung up"
+)
+
+
+class UnknownRevision(StepkitError):
+    """The server has no such branch, tag, ref or commit (or will not hand it out by SHA)."""
+
+
+class TransientError(StepkitError):
+    """A network failure worth another try."""
+
+
+class Git:
+    """git in one working directory, with scrubbed env and protective settings on every call."""
+
+    def __init__(self, spec: FetchSpec, cwd: Path) -> None:
+        self.spec = spec
+        self.cwd = cwd
+        settings = list(gitenv.SAFE_CONFIG)
+        if not spec.ssl_verify:
+            settings.append(("http.sslVerify", "false"))
+        extra: dict[str, str] = {}
+        self._askpass_dir: str | None = None
+        if spec.url.password is not None:
+            # Credentials from the url reach git through an askpass program reading our
+            # environment: never on a command line, in .git/config or in a credential store.
+            self._askpass_dir = tempfile.mkdtemp(prefix="stepkit-askpass-")
+            script = Path(self._askpass_dir) / "askpass"
+            script.write_text(
+                '#!/bin/sh\ncase "$1" in\n  [Uu]sername*) printf "%s\\n" "$STEPKIT_ASKPASS_USERNAME" ;;\n'
+                '  *) printf "%s\\n" "$STEPKIT_ASKPASS_PASSWORD" ;;\nesac\n'
+            )
+            script.chmod(0o700)
+            extra = {
+                "GIT_ASKPASS": str(script),
+                "STEPKIT_ASKPASS_USERNAME": spec.url.username or "",
+                "STEPKIT_ASKPASS_PASSWORD": spec.url.password.reveal(),
+            }
+            settings.append(("credential.helper", ""))
+        self.config = gitenv.config_args(settings)
+        self.env = gitenv.scrubbed_env(spec.allowed_schemes, extra=extra)
+
+    def __enter__(self) -> Git:
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._askpass_dir:
+            shutil.rmtree(self._askpass_dir, ignore_errors=True)
+
+    def run(self, *args: str, cwd: Path | None = None, timeout: float | None = 120) -> str:
+        """A local git command; its output, stripped."""
+        proc = subproc.run(
+            ["git", *self.config, *args], env=self.env, cwd=cwd or self.cwd, timeout=timeout
+        )
+        return proc.stdout.strip()
+
+    def ok(self, *args: str, cwd: Path | None = None) -> bool:
+        proc = subproc.run(
+            ["git", *self.config, *args],
+            env=self.env,
+            cwd=cwd or self.cwd,
+            timeout=120,
+            check=False,
+        )
+        return proc.returncode == 0
+
+    def net(self, args: Sequence[str], *, what: str, cwd: Path | None = None) -> str:
+        """A command that talks to the server: bounded in time, retried when the network failed."""
+        attempts = self.spec.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.run(*args, cwd=cwd, timeout=self.spec.timeout)
+            except CommandError as exc:
+                error = self.classify(exc, what)
+            if not isinstance(error, TransientError) or attempt == attempts:
+                raise error
+            delay = min(30.0, self.spec.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)  # noqa: S311
+            log.warning(
+                "%s; retrying in %.1f s (attempt %d of %d)",
+                error.message,
+                delay,
+                attempt + 1,
+                attempts,
+            )
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def classify(self, exc: CommandError, what: str) -> StepkitError:
+        """Turn git's stderr into one line in the user's terms."""
+        out = exc.output
+        url = self.spec.url.url
+        last = out.strip().splitlines()[-1] if out.strip() else exc.message
+        if exc.returncode == -1:
+            return TransientError(
+                f"{what}: no answer from {url} within {self.spec.timeout:g} s (timed out)"
+            )
+        if _HOSTKEY.search(out):
+            return DeniedError(
+                f"{what}: host key verification failed for {self.spec.url.host}: its key is not the one "
+                "in known_hosts (give the right key in the ssh secret's known_hosts)"
+            )
+        if _AUTH.search(out):
+            return DeniedError(
+                f"{what}: authentication failed for {url}: check the credentials creds-init wrote "
+                "(-basic-git / -ssh-git) and their access to this repository"
+            )
+        if _NO_REF.search(out):
+            return UnknownRevision(f"{what}: not found in {url}")
+        if _NOT_FOUND.search(out) and not _TRANSIENT.search(out):
+            return StepkitError(
+                f"repository {url} not found (or not visible with these credentials)"
+            )
+        if _RESOLVE.search(out):
+            return TransientError(
+                f"{what}: cannot resolve host {self.spec.url.host} (network unreachable)"
+            )
+        if _TRANSIENT.search(out):
+            return TransientError(f"{what}: network error talking to {url}: {last}")
+        return StepkitError(f"{what}: git failed: {last}")
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, symlink or directory tree without following a symlink."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()

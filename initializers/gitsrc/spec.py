@@ -1,0 +1,236 @@
+"""The inputs of git-init, validated before git runs: no user value can become a git option or transport."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+from stepkit import validate
+from stepkit.errors import InputError
+from stepkit.secret import Secret
+from stepkit.validate import has_control, shown
+
+HEX = re.compile(r"^[0-9a-f]{4,64}$")
+FULL_SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+_SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+_SCP = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]*\]|[^:/\[\]]+):(?P<path>.*)$")
+_PULL = re.compile(r"^(refs/)?pull/[0-9]+/(head|merge)$")
+
+
+@dataclass(frozen=True)
+class RepoUrl:
+    """A repository url that passed every check; `url` holds no credentials."""
+
+    url: str
+    scheme: str  # https, http, ssh, git, file
+    host: str
+    username: str | None = None  # from an https url with embedded credentials
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class FetchSpec:
+    url: RepoUrl
+    revision: str
+    refspecs: tuple[str, ...]
+    dest: Path
+    workspace: Path
+    depth: int
+    submodules: bool
+    ssl_verify: bool
+    sparse_dirs: tuple[str, ...]
+    termination_path: str | None
+    results_dir: str | None
+    retries: int
+    backoff: float
+    timeout: float
+    force: bool
+    allowed_schemes: frozenset[str]
+
+
+def _reject_controls(flag: str, what: str, value: str) -> None:
+    if has_control(value) or any(ch.isspace() for ch in value):
+        raise InputError(f"{flag}: {what} {shown(value)} holds a space or control character")
+
+
+def parse_url(value: str, *, allow_http: bool, allow_local: bool, flag: str = "-url") -> RepoUrl:
+    """Check a repository url: allowed scheme, a real host, no option-like part, no control byte."""
+    if not value:
+        raise InputError(f"{flag} is required")
+    _reject_controls(flag, "url", value)
+    if value.startswith("-"):
+        raise InputError(f"{flag}: url must not start with '-'")
+    if "::" in value.split("/", 1)[0] or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*::", value):
+        raise InputError(
+            f"{flag}: url {shown(value)} names a git remote helper (<transport>::), which is not allowed"
+        )
+    if "://" not in value:
+        scp = _SCP.match(value)
+        if scp and not value.startswith(("/", ".")) and "/" not in value.split(":", 1)[0]:
+            return _ssh(flag, scp.group("user"), scp.group("host"), None, scp.group("path"), value)
+        if not allow_local:
+            raise InputError(
+                f"{flag}: url {shown(value)} is a local path; local repositories need --allow-local"
+            )
+        return RepoUrl(str(Path(value).absolute()), "file", "")
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme in ("git+ssh", "ssh+git"):
+        scheme = "ssh"
+    if scheme == "file":
+        if not allow_local:
+            raise InputError(f"{flag}: file:// urls need --allow-local")
+        return RepoUrl(value, "file", "")
+    if scheme not in ("https", "http", "ssh", "git"):
+        raise InputError(
+            f"{flag}: url scheme {shown(parts.scheme)} is not one of https, http, ssh, git"
+        )
+    if scheme == "http" and not allow_http:
+        raise InputError(
+            f"{flag}: plain http:// sends the repository unprotected; pass --allow-http to allow it"
+        )
+    if parts.query or parts.fragment or "#" in value or "?" in value:
+        raise InputError(f"{flag}: url {shown(value)} must not have a query or fragment")
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at:
+        userinfo, hostport = "", netloc
+    try:
+        raw_port = parts.port  # raises for a port that is not a number
+    except ValueError:
+        raise InputError(f"{flag}: url {shown(value)} has an invalid port") from None
+    hostname = (
+        hostport.rsplit(":", 1)[0] if not hostport.startswith("[") else hostport.split("]")[0] + "]"
+    )
+    host = validate.host(hostname, flag)
+    if hostport.endswith(":") or (raw_port is not None and not 1 <= raw_port <= 65535):
+        raise InputError(f"{flag}: url {shown(value)} has an invalid port")
+    path = parts.path
+    decoded = unquote(path)
+    if has_control(decoded) or "\\" in decoded:
+        raise InputError(f"{flag}: url path holds an encoded control character or backslash")
+    if not path or path == "/":
+        raise InputError(f"{flag}: url {shown(value)} names no repository")
+    if scheme == "ssh":
+        user = unquote(userinfo) if userinfo else None
+        return _ssh(flag, user, hostname, raw_port, path, value)
+    port = f":{raw_port}" if raw_port is not None else ""
+    clean_url = f"{scheme}://{validate.host_for_url(host)}{port}{path}"
+    if userinfo:
+        user, sep, password = userinfo.partition(":")
+        if not sep:
+            raise InputError(
+                f"{flag}: url has a user name but no password; give credentials with creds-init"
+            )
+        secret = Secret(unquote(password))
+        return RepoUrl(clean_url, scheme, host, unquote(user), secret)
+    return RepoUrl(clean_url, scheme, host)
+
+
+def _ssh(
+    flag: str, user: str | None, hostname: str, port: int | None, path: str, original: str
+) -> RepoUrl:
+    host = validate.host(hostname, flag)
+    if user is not None and not _SSH_USER.match(user):
+        raise InputError(f"{flag}: ssh user {shown(user)} is not a plain user name")
+    bare = path.lstrip("/")
+    if not bare or bare.startswith("-") or path.startswith("-"):
+        raise InputError(
+            f"{flag}: url {shown(original)} has an empty or option-like repository path"
+        )
+    at = f"{user}@" if user else ""
+    p = f":{port}" if port else ""
+    return RepoUrl(
+        f"ssh://{at}{validate.host_for_url(host)}{p}/{bare}"
+        if port or path.startswith("/")
+        else original,
+        "ssh",
+        host,
+    )
+
+
+def check_ref_name(flag: str, name: str, *, pattern: bool = False) -> None:
+    """git check-ref-format's rules, so a revision can only ever be read as a ref or object name."""
+    bad = (
+        not name
+        or name.startswith(("-", "/", "."))
+        or name.endswith(("/", ".", ".lock"))
+        or ".." in name
+        or "@{" in name
+        or "//" in name
+        or name == "@"
+        or any(ch in name for ch in "\\~^:?[" + ("" if pattern else "*"))
+        or any(part.startswith(".") or part.endswith(".lock") for part in name.split("/"))
+        or (pattern and name.count("*") > 1)
+    )
+    if bad:
+        raise InputError(f"{flag}: {shown(name)} is not a valid git ref name")
+
+
+def parse_revision(value: str, flag: str = "-revision") -> str:
+    if value.startswith("-"):
+        raise InputError(f"{flag} must not start with '-'")
+    _reject_controls(flag, "revision", value)
+    if not value or HEX.match(value.lower()):
+        return value.lower() if value else ""
+    check_ref_name(flag, value)
+    return value
+
+
+def parse_refspecs(value: str, flag: str = "-refspec") -> tuple[str, ...]:
+    """Tekton's refspec: space-separated `[+]src[:dst]` items."""
+    if has_control(value.replace(" ", "")):
+        raise InputError(f"{flag}: holds a control character")
+    out: list[str] = []
+    for item in value.split():
+        if item.startswith("-"):
+            raise InputError(f"{flag}: {shown(item)} must not start with '-'")
+        body = item[1:] if item.startswith("+") else item
+        src, _, dst = body.partition(":")
+        for side in (src, dst) if dst else (src,):
+            if HEX.match(side) and side is src:
+                continue
+            check_ref_name(flag, side, pattern=True)
+        out.append(item)
+    return tuple(out)
+
+
+def parse_sparse(value: str, flag: str = "-sparseCheckoutDirectories") -> tuple[str, ...]:
+    dirs: list[str] = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        _reject_controls(flag, "directory", item)
+        parts = PurePosixPath(item.strip("/")).parts
+        if item.startswith("-") or any(p in ("..", ".") for p in parts) or not parts:
+            raise InputError(f"{flag}: {shown(item)} is not a plain relative directory")
+        if any(ch in item for ch in "*?[]!\\"):
+            raise InputError(f"{flag}: {shown(item)} holds a pattern character; give directories")
+        dirs.append("/".join(parts))
+    return tuple(dirs)
+
+
+def resolve_dest(workspace: Path, path: str, flag: str = "-path") -> Path:
+    """The checkout directory: inside the workspace, reached through no symlink."""
+    _reject_controls(flag, "path", path) if path else None
+    ws = Path(os.path.abspath(workspace))
+    target = Path(os.path.normpath(ws / path)) if path else ws
+    if target != ws and not target.is_relative_to(ws):
+        raise InputError(f"{flag}: {shown(path)} is outside the workspace {ws}")
+    current = ws
+    for part in target.relative_to(ws).parts:
+        current = current / part
+        try:
+            st = current.lstat()
+        except FileNotFoundError:
+            break
+        if stat.S_ISLNK(st.st_mode):
+            raise InputError(f"{flag}: {current} is a symbolic link; refusing to fetch through it")
+        if not stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{flag}: {current} exists and is not a directory")
+    return target
