@@ -29,6 +29,69 @@ def show(title: str, argv: list[str], env: dict[str, str], stdin: str | None = N
     return out
 
 
+def fetch_source(work: Path, env: dict[str, str], token: str) -> int:
+    """The next init container: git-init fetches a repository over HTTP with Basic auth."""
+    # The demo borrows the test suite's real git server (git http-backend behind Basic auth).
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.peers import GitHttpServer, make_bare, make_repo
+
+    shas = make_repo(work / "app-src", commits=3, branches=["release"])
+    make_bare(work / "app-src", work / "srv" / "org" / "app.git")
+    workspace = work / "workspace"
+    workspace.mkdir()
+    with GitHttpServer(work / "srv", {"": ("octocat", token)}) as server:
+        # creds-init again, now naming this server: in a pod it would be one run.
+        secrets = work / "secrets"
+        proc = subprocess.run(
+            [
+                STEPKIT,
+                "creds-init",
+                f"-basic-git=github-token={server.url}",
+                f"--secrets-dir={secrets}",
+            ],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return proc.returncode
+        term = work / "termination-log"
+        url = server.url_for("org/app.git")
+        print(
+            f"\n$ cd workspace && stepkit git-init -url {url} -revision release -path src --allow-http \\"
+        )
+        print(f"      -terminationMessagePath {term.name}    # a Build's source.git")
+        proc = subprocess.run(
+            [
+                STEPKIT,
+                "git-init",
+                f"-url={url}",
+                "-revision=release",
+                "-path=src",
+                "--allow-http",
+                f"-terminationMessagePath={term}",
+            ],
+            env=env,
+            cwd=workspace,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return proc.returncode
+        print("\n$ git -C src log --oneline --decorate -2    # what the next step finds")
+        log = subprocess.run(
+            ["git", "-C", str(workspace / "src"), "log", "--oneline", "--decorate", "-2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print("\n".join("  " + line for line in log.stdout.splitlines()))
+        print(f"  (the release branch's tip is {shas['refs/heads/release'][:7]})")
+        print(f"\n$ cat {term.name}    # the result Kubernetes reports")
+        print("  " + term.read_text())
+    return 0
+
+
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     work = Path(tempfile.mkdtemp(prefix="stepkit-demo-"))
@@ -131,7 +194,7 @@ def main() -> int:
         print(
             f"  username={auth.get('username')}  password matches the secret: {auth.get('password') == token}"
         )
-        return 0
+        return fetch_source(work, env, token)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
