@@ -121,6 +121,7 @@ def run_click(cmd: click.Command, args: list[str], *, prog_name: str, name: str 
     from stepkit.errors import EXIT_INTERRUPTED, EXIT_USAGE, StepkitError
 
     name = name or next((a for a in args if a in COMMANDS), "")
+    _terminate_as_interrupt()
     try:
         result = cmd.main(args=args, prog_name=prog_name, standalone_mode=False)
     except StepkitError as exc:
@@ -143,6 +144,16 @@ def run_click(cmd: click.Command, args: list[str], *, prog_name: str, name: str 
         _fail(log, name, f"internal error: {type(exc).__name__}: {exc}", exc)
         return 1
     return int(result) if isinstance(result, int) else 0
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a pod being deleted) unwinds like Ctrl-C, so children and half-made files are cleaned up."""
+    import signal
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
 
 
 def _fail(log: Any, name: str, message: str, exc: BaseException | None) -> None:
