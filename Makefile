@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - run creds-init on example secrets and show what git, ssh and docker now use"
 	@echo "make test   - install what the tests need, then ruff, mypy --strict and pytest"
-	@echo "make bench  - start-up benchmarks against a baseline measured in the same run"
+	@echo "make bench  - start-up and git fetch benchmarks against baselines measured in the same run"
 	@echo "make lint   - ruff and mypy only"
 
 deps:
@@ -56,6 +56,7 @@ demo: deps venv
 
 bench: deps venv
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/git_fetch.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

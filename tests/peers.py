@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import hashlib
 import hmac
+import http.client
 import io
 import json
 import os
@@ -1569,3 +1570,538 @@ class FlakyProxy:
             sock.close()
         for thread in threads:
             thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------------------------
+# git protocol (git daemon)
+# --------------------------------------------------------------------------------------------
+
+
+class GitDaemon:
+    """`git daemon` on 127.0.0.1 serving, read-only, every repository under `base_path`.
+
+    What upload-pack offers (SHA-in-want, filters) comes from each repository's own config
+    (tests/gitrepos.py set_server_caps); the daemon runs with no system or global git config,
+    so the machine's config cannot change what a test sees. It logs verbosely, so requests()
+    and protocols() can tell which repository was asked for and with which protocol version.
+    """
+
+    def __init__(self, base_path: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        self.base_path = base_path
+        self.timeout = timeout
+        self.log_path = Path("/nonexistent")
+        self._port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        # The log lives in a temp dir that __exit__ removes; keep its text for later asserts.
+        self._final_log = ""
+
+    @property
+    def port(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("GitDaemon is not running")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"git://{LOOPBACK}:{self.port}"
+
+    def url_for(self, repo: str) -> str:
+        """git://127.0.0.1:PORT/repo, where repo is a path under base_path."""
+        return f"{self.url}/{repo.lstrip('/')}"
+
+    def log_text(self) -> str:
+        """The daemon's log so far (or as it was when the daemon stopped)."""
+        if self._tmp is None:
+            return self._final_log
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def requests(self) -> list[str]:
+        """Repository paths clients asked upload-pack for, oldest first (e.g. "/x.git")."""
+        return re.findall(r"Request upload-pack for '([^']*)'", self.log_text())
+
+    def protocols(self) -> list[str]:
+        """The protocol each client asked for in its request ("version=2"); v0 sends none."""
+        return re.findall(r'Extended attribute "protocol": (\S+)', self.log_text())
+
+    def _argv(self, port: int) -> list[str]:
+        return [
+            "git",
+            "daemon",
+            "--verbose",
+            f"--listen={LOOPBACK}",
+            f"--port={port}",
+            f"--base-path={self.base_path.resolve()}",
+            "--export-all",
+            "--reuseaddr",
+            # Send "no such repository: /x.git" to the client instead of a bare hang-up, so a
+            # failing test says why.
+            "--informative-errors",
+            # upload-pack is on by default; say so, and nothing else (no receive-pack, no
+            # upload-archive) is served.
+            "--enable=upload-pack",
+        ]
+
+    def _wait_ready(self, start: int) -> None:
+        """Wait until the daemon logs "Ready to rumble", which it does once it listens.
+
+        The other peers probe with a connection instead; here that would leave a client that
+        hung up ("fatal: the remote end hung up unexpectedly") in the log tests read.
+        """
+        assert self._proc is not None
+        deadline = time.monotonic() + self.timeout
+        where = f"on {LOOPBACK}:{self._port}"
+        while b"Ready to rumble" not in self.log_path.read_bytes()[start:]:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"git daemon exited with status {self._proc.returncode} before accepting "
+                    f"connections {where}; log tail:\n{_tail(self.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"git daemon did not accept connections {where} within "
+                    f"{self.timeout:.0f}s; log tail:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def __enter__(self) -> Self:
+        if not self.base_path.is_dir():
+            raise RuntimeError(f"GitDaemon base path {self.base_path} is not a directory")
+        self._tmp = tempfile.TemporaryDirectory(prefix="stepkit-gitdaemon-")
+        home = Path(self._tmp.name)
+        self.log_path = home / "daemon.log"
+        # The port is picked by binding 0 and handed to the daemon, so another process could
+        # take it in between: retry a few times when that is what went wrong.
+        for attempt in range(3):
+            self._port = free_port()
+            with self.log_path.open("ab") as log:
+                start = log.tell()
+                self._proc = subprocess.Popen(
+                    self._argv(self._port),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=git_env(home),
+                    # Own process group: the daemon forks an upload-pack per connection, and
+                    # __exit__ must end those too.
+                    start_new_session=True,
+                )
+            try:
+                self._wait_ready(start)
+                return self
+            except BaseException as exc:
+                # Whatever went wrong (even Ctrl-C), leave no daemon behind.
+                _stop_process(self._proc, group=True)
+                self._proc = None
+                retry = isinstance(exc, RuntimeError) and attempt < 2
+                if not (retry and _address_in_use(self.log_path)):
+                    self.__exit__(None, None, None)
+                    raise
+        raise AssertionError("unreachable")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _stop_process(self._proc, group=True)
+        self._proc = None
+        if self._tmp is not None:
+            self._final_log = self.log_text()
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+# --------------------------------------------------------------------------------------------
+# Small threaded HTTP peers: an endless git server and a proxy that fails the first requests
+# --------------------------------------------------------------------------------------------
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        # BaseHTTPRequestHandler.send_response writes its own; two of each would be a lie.
+        "server",
+        "date",
+    }
+)
+
+
+def pkt_line(data: bytes) -> bytes:
+    """One git pkt-line: four hex digits of length (including themselves), then data."""
+    return b"%04x%b" % (len(data) + 4, data)
+
+
+def _read_http_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+        out = bytearray()
+        while True:
+            size_line = handler.rfile.readline(1024)
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(out)
+            out += handler.rfile.read(size)
+            handler.rfile.readline(1024)
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
+class _LoopbackHttpd(ThreadingHTTPServer):
+    # Non-daemon handler threads are joined by server_close(), so __exit__ really ends them.
+    daemon_threads = False
+
+    def __init__(self, peer: _HttpPeer, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.peer = peer
+        super().__init__((LOOPBACK, 0), handler)
+
+    def server_bind(self) -> None:
+        # As in _GitHttpd: skip the reverse DNS lookup HTTPServer.server_bind would make.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = LOOPBACK
+        self.server_port = self.server_address[1]
+
+
+class _PeerHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "stepkit-test-http/1"
+
+    @property
+    def peer(self) -> _HttpPeer:
+        assert isinstance(self.server, _LoopbackHttpd)
+        return self.server.peer
+
+    def setup(self) -> None:
+        super().setup()
+        self.peer._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.peer._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.peer._log(f"{self.address_string()} {format % args}")
+
+    def _plain(self, status: int, text: str) -> None:
+        body = (text + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.wfile.flush()
+
+
+class _HttpPeer:
+    """Start and stop plumbing shared by the threaded HTTP peers below."""
+
+    _handler: type[BaseHTTPRequestHandler] = _PeerHandler
+
+    def __init__(self, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.log_lines: list[str] = []
+        self._httpd: _LoopbackHttpd | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        # Set by __exit__: every endless loop in a handler waits on it, so stopping is prompt.
+        self._stop = threading.Event()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError(f"{type(self).__name__} is not running")
+        return self._httpd.server_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def url_for(self, repo: str) -> str:
+        return f"{self.url}/{repo.lstrip('/')}"
+
+    def _log(self, line: str) -> None:
+        with self._lock:
+            self.log_lines.append(line)
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
+
+    def __enter__(self) -> Self:
+        self._stop.clear()
+        self._httpd = _LoopbackHttpd(self, self._handler)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"{type(self).__name__}-{self.port}",
+        )
+        self._thread.start()
+        try:
+            _wait_until_listening(self.port, what=type(self).__name__, timeout=self.timeout)
+        except RuntimeError as exc:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"{exc}\n" + "\n".join(self.log_lines[-30:])) from None
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            # Keep-alive connections block their handler threads in a read: shut them so the
+            # threads see EOF and server_close() can join them.
+            with self._lock:
+                conns = list(self._conns)
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+# A made-up object name for the endless server's advertisement: no client ever gets to fetch it.
+_ENDLESS_SHA = hashlib.sha1(b"stepkit endless git server", usedforsecurity=False).hexdigest()
+
+
+class _EndlessHandler(_PeerHandler):
+    @property
+    def endless(self) -> EndlessGitHttpServer:
+        peer = self.peer
+        assert isinstance(peer, EndlessGitHttpServer)
+        return peer
+
+    def _start_stream(self, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        # A stream that never ends cannot be followed by another request on this connection.
+        self.close_connection = True
+
+    def _trickle(self, make: Callable[[int], bytes]) -> None:
+        peer = self.endless
+        count = 0
+        with contextlib.suppress(OSError):
+            while not peer._stop.wait(peer.interval):
+                count += 1
+                self._chunk(make(count))
+                with peer._lock:
+                    peer.chunks_sent += 1
+
+    def do_GET(self) -> None:
+        peer = self.endless
+        path, _, query = self.path.partition("?")
+        with peer._lock:
+            peer.requests.append(("GET", self.path))
+        if not path.endswith("/info/refs") or "service=git-upload-pack" not in query:
+            self._plain(404, "only info/refs?service=git-upload-pack is served")
+            return
+        self._start_stream("application/x-git-upload-pack-advertisement")
+        caps = (
+            "multi_ack_detailed side-band-64k thin-pack ofs-delta "
+            "symref=HEAD:refs/heads/main object-format=sha1 agent=git/2.39.5"
+        )
+        head = pkt_line(f"{_ENDLESS_SHA} HEAD\0{caps}\n".encode())
+        with contextlib.suppress(OSError):
+            self._chunk(pkt_line(b"# service=git-upload-pack\n") + b"0000" + head)
+        if peer.mode == "sideband":
+            with contextlib.suppress(OSError):
+                self._chunk(pkt_line(f"{_ENDLESS_SHA} refs/heads/main\n".encode()) + b"0000")
+                self._chunk(b"")  # the chunked terminator: this answer is complete
+            return
+        # The flush that would end the ref list never comes, only more and more refs.
+        self._trickle(lambda n: pkt_line(f"{_ENDLESS_SHA} refs/heads/trickle-{n:08d}\n".encode()))
+
+    def do_POST(self) -> None:
+        peer = self.endless
+        _read_http_body(self)
+        with peer._lock:
+            peer.requests.append(("POST", self.path))
+        if peer.mode != "sideband" or not self.path.endswith("/git-upload-pack"):
+            self._plain(404, "not served")
+            return
+        self._start_stream("application/x-git-upload-pack-result")
+        with contextlib.suppress(OSError):
+            self._chunk(pkt_line(b"NAK\n"))
+        # Band 2 is progress: the client prints "remote: ..." and keeps waiting for band 1.
+        self._trickle(lambda n: pkt_line(b"\x02Counting objects: %d\r" % n))
+
+
+class EndlessGitHttpServer(_HttpPeer):
+    """A smart-HTTP git server that starts answering and never finishes (ADVERSARIAL item 16).
+
+    mode="refs": GET <repo>/info/refs?service=git-upload-pack answers 200 with a valid-looking
+    protocol v0 advertisement (service header, HEAD with capabilities) and then one more ref
+    line every `interval` seconds, never the flush that ends the list: `git ls-remote`, clone
+    and fetch all wait forever. mode="sideband": the advertisement is complete and valid (HEAD
+    and main at a made-up SHA), so `git ls-remote` succeeds, but the POST git-upload-pack that
+    a clone or fetch sends next answers NAK and then sideband progress ("remote: Counting
+    objects: N") every `interval` seconds, never a pack. Any repository path is served. A stream
+    ends only when the client goes away or the server stops (__exit__). Every request is in
+    `requests` as (method, path); `chunks_sent` counts the trickled pieces.
+    """
+
+    _handler = _EndlessHandler
+
+    def __init__(
+        self,
+        mode: str = "refs",
+        *,
+        interval: float = 0.05,
+        timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        if mode not in ("refs", "sideband"):
+            raise ValueError(f"mode must be 'refs' or 'sideband', not {mode!r}")
+        super().__init__(timeout=timeout)
+        self.mode = mode
+        self.interval = interval
+        self.requests: list[tuple[str, str]] = []
+        self.chunks_sent = 0
+
+
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """One request FailingHttpProxy saw: the status it answered, and whether it forwarded."""
+
+    method: str
+    path: str
+    status: int
+    forwarded: bool
+
+
+class _FailingProxyHandler(_PeerHandler):
+    @property
+    def proxy(self) -> FailingHttpProxy:
+        peer = self.peer
+        assert isinstance(peer, FailingHttpProxy)
+        return peer
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _record(self, status: int, forwarded: bool) -> None:
+        with self.proxy._lock:
+            self.proxy.requests.append(ProxiedRequest(self.command, self.path, status, forwarded))
+
+    def _handle(self) -> None:
+        proxy = self.proxy
+        # Read the body whatever the verdict, so a keep-alive connection stays in step.
+        body = _read_http_body(self)
+        with proxy._lock:
+            proxy._seen += 1
+            number = proxy._seen
+        if number <= proxy.fail_first:
+            self._record(proxy.status, False)
+            self._plain(
+                proxy.status,
+                f"injected by FailingHttpProxy: request {number} of the first {proxy.fail_first}",
+            )
+            return
+        try:
+            status = self._forward(body)
+        except (OSError, http.client.HTTPException) as exc:
+            self._record(502, True)
+            with contextlib.suppress(OSError):
+                self._plain(502, f"FailingHttpProxy could not reach its upstream: {exc}")
+            self.close_connection = True
+            return
+        self._record(status, True)
+
+    def _forward(self, body: bytes) -> int:
+        proxy = self.proxy
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        if self.command != "GET":
+            headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            self.send_response(resp.status, resp.reason)
+            for name, value in resp.getheaders():
+                if name.lower() not in _HOP_BY_HOP:
+                    self.send_header(name, value)
+            # Re-chunk whatever came: simpler than mirroring each upstream framing, and git
+            # accepts both.
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            while True:
+                data = resp.read1(65536)
+                if not data:
+                    break
+                self._chunk(data)
+            self._chunk(b"")
+            return resp.status
+        finally:
+            conn.close()
+
+
+class FailingHttpProxy(_HttpPeer):
+    """An HTTP front for one server on loopback that fails its first requests (retry tests).
+
+    The first `fail_first` requests, whatever their path, get `status` (503 by default) with a
+    short text body, as an overloaded load balancer would answer. Every later request is
+    forwarded to upstream_host:upstream_port and the answer streamed back, so a GitHttpServer
+    behind it serves clones with its own auth. Clients talk to it as the origin (url_for), not
+    as an http.proxy. `requests` records each request; TCP-level drops are FlakyProxy's job.
+    """
+
+    _handler = _FailingProxyHandler
+
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        fail_first: int = 1,
+        *,
+        status: int = 503,
+        timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.fail_first = fail_first
+        self.status = status
+        self.requests: list[ProxiedRequest] = []
+        self._seen = 0
+
+    @property
+    def failed(self) -> int:
+        """How many requests got the injected status so far."""
+        return sum(1 for r in self.requests if not r.forwarded)
+
+    @property
+    def forwarded(self) -> int:
+        """How many requests reached the upstream so far."""
+        return sum(1 for r in self.requests if r.forwarded)
