@@ -12,6 +12,7 @@ from pathlib import Path
 
 from stepkit.errors import CommandError
 from stepkit.log import clean
+from stepkit.secret import redact
 
 log = logging.getLogger(__name__)
 
@@ -46,34 +47,37 @@ def run(
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
             start_new_session=True,
         )
     except FileNotFoundError:
         raise CommandError(
             f"{args[0]} is not installed or not on PATH", argv=[shown], returncode=127, output=""
         ) from None
+    data = stdin.encode() if stdin is not None else None
     try:
-        out, err = proc.communicate(stdin, timeout=timeout)
+        raw_out, raw_err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        out, err = proc.communicate()
+        _, raw_err = proc.communicate()
         raise CommandError(
             f"{args[0]} did not finish within {timeout:g} s",
             argv=[shown],
             returncode=-1,
-            output=clean(_tail(err or "")),
+            output=redact(_tail(_decode(raw_err))),
         ) from None
     except BaseException:
         _kill_group(proc)
         proc.wait()
         raise
+    out, err = _decode(raw_out), _decode(raw_err)
     result = subprocess.CompletedProcess(args, proc.returncode, out, err)
     if check and proc.returncode != 0:
-        output = clean(_tail(err or out))
+        # Redacted, with its real line breaks (and carriage returns) kept for callers to
+        # parse; escaping control characters is for whoever prints it.
+        output = redact(_tail(err or out))
+        last = output.strip().splitlines()[-1] if output.strip() else ""
         raise CommandError(
-            f"{args[0]} exited {proc.returncode}: {output.splitlines()[-1] if output else ''}",
+            f"{args[0]} exited {proc.returncode}: {clean(last)}",
             argv=[shown],
             returncode=proc.returncode,
             output=output,
@@ -81,6 +85,11 @@ def run(
     return result
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def _decode(data: bytes) -> str:
+    """Bytes to text without newline translation: a '\\r' in git's -z output is data."""
+    return data.decode("utf-8", errors="replace")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)

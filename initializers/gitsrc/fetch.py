@@ -9,7 +9,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from initializers.gitsrc.gitrun import Git, TransientError, UnknownRevision, remove_path
+from initializers.gitsrc.gitrun import (
+    Git,
+    NoShallow,
+    ShaRefused,
+    TransientError,
+    UnknownRevision,
+    remove_path,
+)
 from initializers.gitsrc.spec import FULL_SHA, HEX, FetchSpec, RepoUrl, parse_url
 from stepkit.errors import InputError, StepkitError
 from stepkit.fsutil import SafeTree
@@ -169,24 +176,38 @@ def _fetch_args(spec: FetchSpec, *refspecs: str, extra: tuple[str, ...] = ()) ->
     return ["fetch", "--no-tags", "--no-recurse-submodules", *extra, "--", "origin", *refspecs]
 
 
+def _fetch_at_depth(git: Git, spec: FetchSpec, refspecs: tuple[str, ...], what: str) -> None:
+    """Fetch at the requested depth; a server that can't serve shallow gets the full history."""
+    try:
+        git.net(_fetch_args(spec, *refspecs, extra=tuple(_depth(spec))), what=what)
+    except NoShallow:
+        log.warning(
+            "%s: the server does not support shallow fetches; fetching the full history", what
+        )
+        git.net(_fetch_args(spec, *refspecs), what=what)
+
+
 def _fetch(git: Git, spec: FetchSpec) -> tuple[str, str | None]:
     """Fetch what the revision needs; return (commit, branch to check out or None for detached)."""
     rev = spec.revision
     what = f"revision {shown(rev)}" if rev else "default branch"
-    depth = tuple(_depth(spec))
     if spec.refspecs:
-        git.net(_fetch_args(spec, *spec.refspecs, extra=depth), what="refspec")
+        _fetch_at_depth(git, spec, spec.refspecs, "refspec")
         return _resolve(git, rev or "FETCH_HEAD", what), None
     if FULL_SHA.match(rev):
         try:
-            git.net(_fetch_args(spec, rev, extra=depth), what=what)
-            return _resolve(git, rev, what, sha=True), None
-        except UnknownRevision:
+            _fetch_at_depth(git, spec, (rev,), what)
+        except ShaRefused:
+            # Only a protocol v0 server without SHA-in-want says this (v2 serves any object
+            # it has). It would refuse a partial clone's later requests for file contents
+            # by id just the same, so history without blobs could not be checked out:
+            # fetch every branch and tag, as a plain clone would.
             log.info(
-                "the server does not hand out %s by itself; fetching history without file contents",
+                "the server (protocol v0) does not hand out %s by id; fetching the whole history",
                 rev,
             )
-        _fetch_history(git, spec, what)
+            _write_config(spec, partial=False)
+            git.net(_fetch_args(spec, *ALL_REFS), what=what)
         return _resolve(git, rev, what, sha=True), None
     if HEX.match(rev) and rev:
         # A short SHA, unless a branch or tag has that name: try the ref first.
@@ -194,6 +215,7 @@ def _fetch(git: Git, spec: FetchSpec) -> tuple[str, str | None]:
             return _fetch_ref(git, spec, rev, what)
         except UnknownRevision:
             pass
+        # Resolving a short SHA takes the history; its file contents it does not.
         _fetch_history(git, spec, what)
         return _resolve(git, rev, what, sha=True), None
     return _fetch_ref(git, spec, rev, what)
@@ -201,7 +223,7 @@ def _fetch(git: Git, spec: FetchSpec) -> tuple[str, str | None]:
 
 def _fetch_ref(git: Git, spec: FetchSpec, rev: str, what: str) -> tuple[str, str | None]:
     src = "HEAD" if not rev else ("refs/" + rev if rev.startswith("pull/") else rev)
-    git.net(_fetch_args(spec, src, extra=tuple(_depth(spec))), what=what)
+    _fetch_at_depth(git, spec, (src,), what)
     # FETCH_HEAD says what the server matched: "<sha>\t\tbranch 'main' of <url>".
     first = (spec.dest / ".git" / "FETCH_HEAD").read_text(errors="replace").split("\n", 1)[0]
     sha, _, rest = first.partition("\t")
@@ -214,34 +236,56 @@ def _fetch_ref(git: Git, spec: FetchSpec, rev: str, what: str) -> tuple[str, str
 
 def _fetch_history(git: Git, spec: FetchSpec, what: str) -> None:
     """All commits and trees of every branch and tag, file contents only as checkout needs them."""
-    with SafeTree(spec.dest / ".git", create=False) as tree:
-        tree.write("config", _config(spec, partial=True).encode(), mode=0o644, dir_mode=0o755)
+    _write_config(spec, partial=True)
     try:
-        git.net(_fetch_args(spec, *ALL_REFS, extra=("--filter=blob:none",)), what=what)
+        proc = git.net(_fetch_args(spec, *ALL_REFS, extra=("--filter=blob:none",)), what=what)
     except StepkitError as exc:
         if isinstance(exc, TransientError | UnknownRevision) or "filter" not in exc.message:
             raise
         log.info("the server does not support partial fetches; fetching the whole history")
-        with SafeTree(spec.dest / ".git", create=False) as tree:
-            tree.write("config", _config(spec).encode(), mode=0o644, dir_mode=0o755)
+        _write_config(spec, partial=False)
         git.net(_fetch_args(spec, *ALL_REFS), what=what)
+        return
+    if "filtering not recognized by server" in proc.stderr:
+        # A server without filter support sends everything, and git says so only in a
+        # warning: the repository is complete and must not claim to be a partial clone.
+        log.info("the server does not support partial fetches; fetched the whole history")
+        _write_config(spec, partial=False)
+
+
+def _write_config(spec: FetchSpec, *, partial: bool) -> None:
+    with SafeTree(spec.dest / ".git", create=False) as tree:
+        tree.write("config", _config(spec, partial=partial).encode(), mode=0o644, dir_mode=0o755)
 
 
 def _resolve(git: Git, name: str, what: str, *, sha: bool = False) -> str:
-    if not git.ok("rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"):
-        raise UnknownRevision(f"{what} not found in {git.spec.url.url}")
-    commit = git.run("rev-parse", "--verify", "--end-of-options", f"{name}^{{commit}}")
-    if sha and not commit.startswith(name):  # a short SHA must not resolve to a ref's commit
+    commit = git.output_or_none(
+        "rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"
+    )
+    if commit is None or (
+        sha and not commit.startswith(name)
+    ):  # a short SHA must not resolve to a ref's commit
         raise UnknownRevision(f"{what} not found in {git.spec.url.url}")
     return commit
 
 
 def _checkout(git: Git, spec: FetchSpec, commit: str, branch: str | None) -> None:
     # Checking out may fetch missing file contents from a partial clone: a network call.
-    if branch:
-        git.net(["checkout", "--quiet", "--force", "-B", branch, commit, "--"], what="checkout")
-    else:
-        git.net(["checkout", "--quiet", "--force", "--detach", commit, "--"], what="checkout")
+    target = ["-B", branch, commit] if branch else ["--detach", commit]
+    args = ["checkout", "--quiet", "--force", *target, "--"]
+    try:
+        git.net(args, what="checkout")
+    except UnknownRevision:
+        if git.output_or_none("config", "--get", "extensions.partialClone") is None:
+            raise
+        # Over protocol v0, a server that would not hand out the commit by SHA will not hand
+        # out file contents by id either (that takes uploadpack.allowAnySHA1InWant): the
+        # history without them cannot be checked out, so fetch all of it after all. --refetch
+        # because a plain fetch would send what we have and get no blob of it.
+        log.info("the server does not hand out file contents by id; fetching the whole history")
+        _write_config(spec, partial=False)
+        git.net(_fetch_args(spec, *ALL_REFS, extra=("--refetch",)), what="checkout")
+        git.net(args, what="checkout")
 
 
 # --- submodules -----------------------------------------------------------------------

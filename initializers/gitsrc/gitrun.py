@@ -7,6 +7,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from types import TracebackType
 from initializers.gitsrc.spec import FetchSpec
 from stepkit import gitenv, subproc
 from stepkit.errors import CommandError, DeniedError, StepkitError
+from stepkit.log import printable
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +27,18 @@ _AUTH = re.compile(
     r"Invalid username or password"
 )
 _HOSTKEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED")
-_NOT_FOUND = re.compile(
+# A missing repository, however the transport words it: checked before _TRANSIENT, because
+# over ssh and git:// git follows it with "Could not read from remote repository" or "hung up".
+_NO_REPO = re.compile(
     r"[Rr]epository '?[^']*'? not found|does not appear to be a git repository|returned error: 404|"
-    r"No such file or directory|access denied or repository not exported"
+    r"[Nn]o such repository"
 )
-_NO_REF = re.compile(
-    r"couldn't find remote ref|not our ref|no such remote ref|unadvertised object|"
-    r"Server does not allow request for unadvertised object|fatal: remote error: upload-pack: not our ref"
-)
+_NOT_FOUND = re.compile(r"No such file or directory|access denied or repository not exported")
+_NO_REF = re.compile(r"couldn't find remote ref|not our ref|no such remote ref")
+# Protocol v0 only (v2 serves any object the server has): the server advertised no
+# SHA-in-want, so git would not even ask for a commit by id.
+_SHA_REFUSED = re.compile(r"does not allow request for unadvertised object")
+_NO_SHALLOW = re.compile(r"does not support shallow")
 _RESOLVE = re.compile(
     r"Could not resolve host|Name or service not known|Temporary failure in name resolution"
 )
@@ -48,6 +54,14 @@ _TRANSIENT = re.compile(
 
 class UnknownRevision(StepkitError):
     """The server has no such branch, tag, ref or commit (or will not hand it out by SHA)."""
+
+
+class ShaRefused(UnknownRevision):
+    """A protocol v0 server without SHA-in-want: it hands out neither commits nor blobs by id."""
+
+
+class NoShallow(StepkitError):
+    """The server cannot serve a shallow fetch (a dumb or very old server)."""
 
 
 class TransientError(StepkitError):
@@ -95,12 +109,17 @@ class Git:
 
     def run(self, *args: str, cwd: Path | None = None, timeout: float | None = 120) -> str:
         """A local git command; its output, stripped."""
-        proc = subproc.run(
+        return self._call(args, cwd=cwd, timeout=timeout).stdout.strip()
+
+    def _call(
+        self, args: Sequence[str], *, cwd: Path | None, timeout: float | None
+    ) -> subprocess.CompletedProcess[str]:
+        return subproc.run(
             ["git", *self.config, *args], env=self.env, cwd=cwd or self.cwd, timeout=timeout
         )
-        return proc.stdout.strip()
 
-    def ok(self, *args: str, cwd: Path | None = None) -> bool:
+    def output_or_none(self, *args: str, cwd: Path | None = None) -> str | None:
+        """A local command's output, or None when it exits non-zero (a question, not a failure)."""
         proc = subproc.run(
             ["git", *self.config, *args],
             env=self.env,
@@ -108,14 +127,20 @@ class Git:
             timeout=120,
             check=False,
         )
-        return proc.returncode == 0
+        return proc.stdout.strip() if proc.returncode == 0 else None
 
-    def net(self, args: Sequence[str], *, what: str, cwd: Path | None = None) -> str:
-        """A command that talks to the server: bounded in time, retried when the network failed."""
+    def net(
+        self, args: Sequence[str], *, what: str, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A command that talks to the server: bounded in time, retried when the network failed.
+
+        Returns the finished process: git reports what it worked around (a filter the server
+        ignored, say) only as a warning on stderr.
+        """
         attempts = self.spec.retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                return self.run(*args, cwd=cwd, timeout=self.spec.timeout)
+                return self._call(args, cwd=cwd, timeout=self.spec.timeout)
             except CommandError as exc:
                 error = self.classify(exc, what)
             if not isinstance(error, TransientError) or attempt == attempts:
@@ -135,7 +160,10 @@ class Git:
         """Turn git's stderr into one line in the user's terms."""
         out = exc.output
         url = self.spec.url.url
-        last = out.strip().splitlines()[-1] if out.strip() else exc.message
+        # Name git's last fatal/error line, not the advice that follows it.
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith(("fatal:", "error:"))]
+        last = printable((errors or lines or [exc.message])[-1])
         if exc.returncode == -1:
             return TransientError(
                 f"{what}: no answer from {url} within {self.spec.timeout:g} s (timed out)"
@@ -150,9 +178,13 @@ class Git:
                 f"{what}: authentication failed for {url}: check the credentials creds-init wrote "
                 "(-basic-git / -ssh-git) and their access to this repository"
             )
+        if _SHA_REFUSED.search(out):
+            return ShaRefused(f"{what}: the server does not hand out commits by id")
+        if _NO_SHALLOW.search(out):
+            return NoShallow(f"{what}: the server does not support shallow fetches")
         if _NO_REF.search(out):
             return UnknownRevision(f"{what}: not found in {url}")
-        if _NOT_FOUND.search(out) and not _TRANSIENT.search(out):
+        if _NO_REPO.search(out) or (_NOT_FOUND.search(out) and not _TRANSIENT.search(out)):
             return StepkitError(
                 f"repository {url} not found (or not visible with these credentials)"
             )
