@@ -26,6 +26,8 @@ from tests.peers import (
     free_port,
     gen_keypair,
     git_env,
+    make_bare,
+    make_repo,
     run_git,
 )
 
@@ -895,3 +897,20 @@ def test_submodules_env_false_skips_them(tmp_path: Path, world: World) -> None:
     assert res.returncode == 0, res.stderr
     assert not list((tmp_path / "workspace" / "src" / "libs" / "sub").iterdir())
     assert world.daemon.requests()[since:] == ["/super.git"]
+
+
+def test_revision_with_upper_case_hex_letters_is_a_branch_or_a_sha(tmp_path: Path) -> None:
+    """'Cafe' is a branch name; an upper-case full SHA is the same commit as its lower-case form."""
+    src = tmp_path / "src-repo"
+    shas = make_repo(src, commits=2, branches=["Cafe"])
+    make_bare(src, tmp_path / "srv" / "r.git")
+    with GitDaemon(tmp_path / "srv") as daemon:
+        res = git_init(tmp_path, daemon.url_for("r.git"), "-revision=Cafe")
+        assert res.returncode == 0, res.stderr
+        dest = tmp_path / "workspace" / "src"
+        assert git(dest, "rev-parse", "HEAD") == shas["refs/heads/Cafe"]
+        assert git(dest, "branch", "--show-current") == "Cafe"
+        shutil.rmtree(dest)
+        res = git_init(tmp_path, daemon.url_for("r.git"), f"-revision={shas['HEAD~1'].upper()}")
+        assert res.returncode == 0, res.stderr
+        assert git(dest, "rev-parse", "HEAD") == shas["HEAD~1"]

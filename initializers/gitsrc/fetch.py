@@ -100,25 +100,23 @@ def _prepare_dest(spec: FetchSpec) -> bool:
 
 
 def _write_repo(git: Git, spec: FetchSpec, *, reuse: bool) -> None:
-    """A repository whose every setting is ours: nothing planted in .git survives to run."""
+    """A fresh repository whose every setting is ours.
+
+    Nothing of an old .git is kept: any later step could have changed our previous
+    checkout's, and a foreign one under --force is someone else's. Hooks, fsmonitor,
+    filters and sshCommand settings, a submodule's config under modules/, symlinked refs,
+    logs or objects, a commondir or alternates pointing elsewhere would all act on the next
+    git command. A re-run over our previous checkout empties the directory, so the result
+    is exactly a first run's (files the old commit had and the new one lacks go too); under
+    --force only .git goes and checkout overwrites the tracked files.
+    """
     git_dir = spec.dest / ".git"
-    if os.path.lexists(git_dir) and not (git_dir.is_dir() and not git_dir.is_symlink()):
-        remove_path(git_dir)  # a gitfile or symlink could point git at another repository
-    if not reuse and git_dir.is_dir():
-        # A foreign repository under --force: keep nothing of it.
+    if reuse:
+        for name in os.listdir(spec.dest):
+            remove_path(spec.dest / name)  # never follows a symlink
+    elif os.path.lexists(git_dir):
         remove_path(git_dir)
     git.run("init", "-q", "--template=", str(spec.dest))
-    for planted in (
-        "hooks",
-        "commondir",
-        "gitdir",
-        "objects/info/alternates",
-        "info",
-        "config.worktree",
-    ):
-        path = git_dir / planted
-        if os.path.lexists(path):
-            remove_path(path)
     with SafeTree(git_dir, create=False, label=f"{spec.dest}/.git") as tree:
         tree.write("config", _config(spec).encode(), mode=0o644, dir_mode=0o755)
         tree.write(MARKER, (spec.url.url + "\n").encode(), mode=0o644, dir_mode=0o755)
@@ -194,9 +192,10 @@ def _fetch(git: Git, spec: FetchSpec) -> tuple[str, str | None]:
     if spec.refspecs:
         _fetch_at_depth(git, spec, spec.refspecs, "refspec")
         return _resolve(git, rev or "FETCH_HEAD", what), None
-    if FULL_SHA.match(rev):
+    sha = rev.lower()
+    if FULL_SHA.match(sha):
         try:
-            _fetch_at_depth(git, spec, (rev,), what)
+            _fetch_at_depth(git, spec, (sha,), what)
         except ShaRefused:
             # Only a protocol v0 server without SHA-in-want says this (v2 serves any object
             # it has). It would refuse a partial clone's later requests for file contents
@@ -204,12 +203,12 @@ def _fetch(git: Git, spec: FetchSpec) -> tuple[str, str | None]:
             # fetch every branch and tag, as a plain clone would.
             log.info(
                 "the server (protocol v0) does not hand out %s by id; fetching the whole history",
-                rev,
+                sha,
             )
             _write_config(spec, partial=False)
             git.net(_fetch_args(spec, *ALL_REFS), what=what)
-        return _resolve(git, rev, what, sha=True), None
-    if HEX.match(rev) and rev:
+        return _resolve(git, sha, what, sha=True), None
+    if sha and HEX.match(sha):
         # A short SHA, unless a branch or tag has that name: try the ref first.
         try:
             return _fetch_ref(git, spec, rev, what)
@@ -217,7 +216,7 @@ def _fetch(git: Git, spec: FetchSpec) -> tuple[str, str | None]:
             pass
         # Resolving a short SHA takes the history; its file contents it does not.
         _fetch_history(git, spec, what)
-        return _resolve(git, rev, what, sha=True), None
+        return _resolve(git, sha, what, sha=True), None
     return _fetch_ref(git, spec, rev, what)
 
 
@@ -292,15 +291,17 @@ def _checkout(git: Git, spec: FetchSpec, commit: str, branch: str | None) -> Non
 
 
 def _submodules(git: Git, spec: FetchSpec, repo: Path, parent: RepoUrl, *, level: int) -> None:
-    if not (repo / ".gitmodules").is_file():
+    # The committed .gitmodules, not the work tree's: under --force an untracked one could
+    # be lying there.
+    if git.output_or_none("cat-file", "-e", "HEAD:.gitmodules", cwd=repo) is None:
         return
     if level > MAX_SUBMODULE_DEPTH:
         raise StepkitError(f"submodules nest deeper than {MAX_SUBMODULE_DEPTH} levels in {repo}")
     raw = git.run(
         "config",
         "-z",
-        "--file",
-        ".gitmodules",
+        "--blob",
+        "HEAD:.gitmodules",
         "--get-regexp",
         r"^submodule\..*\.(path|url)$",
         cwd=repo,

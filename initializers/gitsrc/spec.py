@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from stepkit import validate
 from stepkit.errors import InputError
-from stepkit.secret import Secret
+from stepkit.secret import REDACTED, Secret
 from stepkit.validate import has_control, shown
 
 HEX = re.compile(r"^[0-9a-f]{4,64}$")
@@ -57,11 +57,35 @@ def _reject_controls(flag: str, what: str, value: str) -> None:
         raise InputError(f"{flag}: {what} {shown(value)} holds a space or control character")
 
 
+def _masked(value: str) -> str:
+    """The url as an error may show it, user info hidden; computed before the url is parsed.
+
+    A malformed url must not put its password in the error either, and a password with an
+    unencoded "/", "#" or "?" ends the authority early, so everything up to the last "@" is
+    taken as user info. A lone https user name is hidden too: that is how tokens are passed.
+    """
+    scheme, sep, rest = value.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if not sep or not at:
+        return value
+    if ":" in userinfo:
+        return f"{scheme}://{userinfo.partition(':')[0]}:{REDACTED}@{after}"
+    if scheme.lower() in ("ssh", "git+ssh", "ssh+git", "git"):
+        return value  # "git@" is a login name, not a secret
+    return f"{scheme}://{REDACTED}@{after}"
+
+
 def parse_url(value: str, *, allow_http: bool, allow_local: bool, flag: str = "-url") -> RepoUrl:
     """Check a repository url: allowed scheme, a real host, no option-like part, no control byte."""
     if not value:
         raise InputError(f"{flag} is required")
+    # From here on `value` is what messages show, `original` what is parsed.
+    original, value = value, _masked(value)
     _reject_controls(flag, "url", value)
+    if has_control(original) or any(ch.isspace() for ch in original):
+        raise InputError(
+            f"{flag}: the url's user name or password holds a space or control character"
+        )
     if value.startswith("-"):
         raise InputError(f"{flag}: url must not start with '-'")
     if "::" in value.split("/", 1)[0] or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*::", value):
@@ -77,13 +101,18 @@ def parse_url(value: str, *, allow_http: bool, allow_local: bool, flag: str = "-
                 f"{flag}: url {shown(value)} is a local path; local repositories need --allow-local"
             )
         return RepoUrl(str(Path(value).absolute()), "file", "")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(original)
+    except ValueError:  # an unbalanced "[" of an IPv6 host, for one
+        raise InputError(f"{flag}: url {shown(value)} is not a valid url") from None
     scheme = parts.scheme.lower()
     if scheme in ("git+ssh", "ssh+git"):
         scheme = "ssh"
     if scheme == "file":
         if not allow_local:
             raise InputError(f"{flag}: file:// urls need --allow-local")
+        if original != value:
+            raise InputError(f"{flag}: a file:// url cannot carry a user name or password")
         return RepoUrl(value, "file", "")
     if scheme not in ("https", "http", "ssh", "git"):
         raise InputError(
@@ -115,7 +144,17 @@ def parse_url(value: str, *, allow_http: bool, allow_local: bool, flag: str = "-
         raise InputError(f"{flag}: url path holds an encoded control character or backslash")
     if not path or path == "/":
         raise InputError(f"{flag}: url {shown(value)} names no repository")
+    # A decoded CR or LF in a user name or password would reach git's credential protocol
+    # as a line of its own (CVE-2020-5260, CVE-2024-52006).
+    if has_control(unquote(userinfo)):
+        raise InputError(
+            f"{flag}: the url's user name or password holds an encoded control character"
+        )
     if scheme == "ssh":
+        if ":" in userinfo:
+            raise InputError(
+                f"{flag}: an ssh url cannot carry a password; give an ssh key with creds-init (-ssh-git)"
+            )
         user = unquote(userinfo) if userinfo else None
         return _ssh(flag, user, hostname, raw_port, path, value)
     port = f":{raw_port}" if raw_port is not None else ""
@@ -175,9 +214,9 @@ def parse_revision(value: str, flag: str = "-revision") -> str:
     if value.startswith("-"):
         raise InputError(f"{flag} must not start with '-'")
     _reject_controls(flag, "revision", value)
-    if not value or HEX.match(value.lower()):
-        return value.lower() if value else ""
-    check_ref_name(flag, value)
+    # Returned as given: a branch may be called "Cafe"; fetch lowers it only to use it as a SHA.
+    if value and not HEX.match(value.lower()):
+        check_ref_name(flag, value)
     return value
 
 
