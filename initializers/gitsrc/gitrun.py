@@ -96,6 +96,7 @@ class Git:
             }
             settings.append(("credential.helper", ""))
         self.config = gitenv.config_args(settings)
+        self.committer_dates: dict[str, str] = {}
         self.env = gitenv.scrubbed_env(spec.allowed_schemes, extra=extra)
 
     def __enter__(self) -> Git:
