@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from initializers.gitsrc.spec import FetchSpec
-from stepkit import gitenv, subproc
+from stepkit import gitenv, identity, subproc
 from stepkit.errors import CommandError, DeniedError, StepkitError
 from stepkit.log import printable
 
@@ -77,19 +77,19 @@ class Git:
         settings = list(gitenv.SAFE_CONFIG)
         if not spec.ssl_verify:
             settings.append(("http.sslVerify", "false"))
-        extra: dict[str, str] = {}
-        self._askpass_dir: str | None = None
+        # A private scratch directory for this run (0700), removed on exit.
+        self._scratch = tempfile.mkdtemp(prefix="stepkit-git-")
+        extra = identity.passwd_env(os.environ.get("HOME", "/"), Path(self._scratch))
         if spec.url.password is not None:
             # Credentials from the url reach git through an askpass program reading our
             # environment: never on a command line, in .git/config or in a credential store.
-            self._askpass_dir = tempfile.mkdtemp(prefix="stepkit-askpass-")
-            script = Path(self._askpass_dir) / "askpass"
+            script = Path(self._scratch) / "askpass"
             script.write_text(
                 '#!/bin/sh\ncase "$1" in\n  [Uu]sername*) printf "%s\\n" "$STEPKIT_ASKPASS_USERNAME" ;;\n'
                 '  *) printf "%s\\n" "$STEPKIT_ASKPASS_PASSWORD" ;;\nesac\n'
             )
             script.chmod(0o700)
-            extra = {
+            extra |= {
                 "GIT_ASKPASS": str(script),
                 "STEPKIT_ASKPASS_USERNAME": spec.url.username or "",
                 "STEPKIT_ASKPASS_PASSWORD": spec.url.password.reveal(),
@@ -105,8 +105,7 @@ class Git:
     def __exit__(
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._askpass_dir:
-            shutil.rmtree(self._askpass_dir, ignore_errors=True)
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     def run(self, *args: str, cwd: Path | None = None, timeout: float | None = 120) -> str:
         """A local git command; its output, stripped."""

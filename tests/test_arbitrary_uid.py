@@ -1,0 +1,56 @@
+"""An OpenShift-style arbitrary UID with no passwd entry: creds-init and git-init over ssh still work."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Secrets, assert_no_leak
+from tests.peers import AuthorizedKey, NonRootUser, SshServer, gen_keypair, make_bare, make_repo
+from tests.test_creds_peers import stepkit_for
+
+ARBITRARY_UID = 1000630000  # the first UID of an OpenShift project's range; GID 0 as there
+
+
+def test_git_init_over_ssh_as_a_uid_without_passwd_entry(tmp_path: Path) -> None:
+    with pytest.raises(KeyError):
+        pwd.getpwuid(ARBITRARY_UID)  # the point of the test: ssh alone would refuse this UID
+    shas = make_repo(tmp_path / "src", commits=2)
+    make_bare(tmp_path / "src", tmp_path / "srv" / "repo.git")
+    private, public = gen_keypair(tmp_path / "deploy")
+    with (
+        NonRootUser(ARBITRARY_UID, 0) as user,
+        SshServer(tmp_path / "sshd", [AuthorizedKey(public, tmp_path / "srv")]) as sshd,
+    ):
+        stepkit = stepkit_for(user)
+        secrets = Secrets(user.path("secrets"))
+        secrets.add("deploy", {"ssh-privatekey": private, "known_hosts": sshd.host_key_line + "\n"})
+        for path in secrets.root.rglob("*"):
+            os.lchown(path, user.uid, user.gid)
+        home, workspace = user.path("builder-home"), user.path("workspace")
+        env = {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+        res = user.run(
+            [
+                stepkit,
+                "creds-init",
+                f"-ssh-git=deploy=127.0.0.1:{sshd.port}",
+                f"--secrets-dir={secrets.root}",
+            ],
+            env,
+            workspace,
+        )
+        assert res.returncode == 0, res.stderr
+        res = user.run(
+            [stepkit, "git-init", f"-url={sshd.url_for('repo.git')}", "-path=src"], env, workspace
+        )
+        assert res.returncode == 0, res.stderr
+        assert_no_leak(res.stdout + res.stderr, secrets.values)
+        head = user.run(["git", "-C", "src", "rev-parse", "HEAD"], env, workspace)
+        assert head.stdout.strip() == shas["HEAD"]
+        assert (workspace / "src").stat().st_uid == ARBITRARY_UID
+        # Without the passwd entry stepkit gives ssh, the same clone fails: the test is live.
+        plain = user.run(["git", "clone", "-q", sshd.url_for("repo.git"), "plain"], env, workspace)
+        assert plain.returncode != 0 and "No user exists for uid" in plain.stderr
