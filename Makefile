@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 # What the tests run for real: git servers, sshd, an OCI registry, image tools.
-DEB_PACKAGES = python3 time git openssh-client openssh-server apache2-utils docker-registry skopeo bubblewrap ca-certificates
+DEB_PACKAGES = python3 time libnss-wrapper git openssh-client openssh-server apache2-utils docker-registry skopeo bubblewrap ca-certificates
 PYTEST_ARGS ?=
 
 .PHONY: help demo test lint typecheck unit bench deps venv clean
