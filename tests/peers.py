@@ -145,6 +145,28 @@ def _no_proxy_opener(context: ssl.SSLContext | None = None) -> urllib.request.Op
     return urllib.request.build_opener(*handlers)
 
 
+def git_processes_for(port: int) -> list[str]:
+    """Command lines of git (with its transport helpers) and ssh processes naming `port`.
+
+    For tests that a client stopped by a time-out or a signal leaves nothing running behind.
+    The port must stand as a whole number: a longer one that merely contains it is another
+    server's.
+    """
+    pattern = re.compile(rf"(?<!\d){port}(?!\d)")
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        program = Path(cmdline.split(" ", 1)[0]).name
+        if pattern.search(cmdline) and program.startswith(("git", "ssh")):
+            found.append(cmdline)
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # git repositories
 # --------------------------------------------------------------------------------------------
@@ -273,6 +295,171 @@ def make_bare(src: Path, dest: Path, *, config: Mapping[str, str] | None = None)
 
 
 # --------------------------------------------------------------------------------------------
+# Threaded HTTP servers on loopback: the plumbing every HTTP peer below shares
+# --------------------------------------------------------------------------------------------
+
+
+def _read_http_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """Read a request body, Content-Length or chunked (git chunks bodies over http.postBuffer)."""
+    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+        out = bytearray()
+        while True:
+            size_line = handler.rfile.readline(1024)
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers, which git never sends
+                return bytes(out)
+            out += handler.rfile.read(size)
+            handler.rfile.readline(1024)
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
+class _LoopbackHttpd(ThreadingHTTPServer):
+    # Non-daemon handler threads are joined by server_close(), so __exit__ really ends them.
+    daemon_threads = False
+
+    def __init__(self, peer: _HttpPeer, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.peer = peer
+        super().__init__((LOOPBACK, 0), handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall
+        # for seconds on a machine without network; the name is never needed here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = LOOPBACK
+        self.server_port = self.server_address[1]
+
+
+class _PeerHandler(BaseHTTPRequestHandler):
+    """Base handler of every _HttpPeer: connection tracking, logging, small replies."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "stepkit-test-http/1"
+
+    @property
+    def peer(self) -> _HttpPeer:
+        assert isinstance(self.server, _LoopbackHttpd)
+        return self.server.peer
+
+    def setup(self) -> None:
+        super().setup()
+        self.peer._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.peer._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.peer._log(f"{self.address_string()} {format % args}")
+
+    def _plain(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
+        body = (text + "\n").encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _chunk(self, data: bytes) -> None:
+        """One chunk of a chunked body; an empty one is the terminator."""
+        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.wfile.flush()
+
+
+class _HttpPeer:
+    """Start and stop plumbing shared by the threaded HTTP peers (GitHttpServer and others).
+
+    A subclass names its handler class in `_handler`; the handler reaches the peer as
+    `self.peer`. Subclasses that start work of their own per request (processes) end it in
+    `_abort_requests`, which __exit__ calls once the server no longer accepts.
+    """
+
+    _handler: type[BaseHTTPRequestHandler] = _PeerHandler
+
+    def __init__(self, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.log_lines: list[str] = []
+        self._httpd: _LoopbackHttpd | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        # Set by __exit__: every endless loop in a handler waits on it, so stopping is prompt.
+        self._stop = threading.Event()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError(f"{type(self).__name__} is not running")
+        return self._httpd.server_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def url_for(self, repo: str) -> str:
+        return f"{self.url}/{repo.lstrip('/')}"
+
+    def _log(self, line: str) -> None:
+        with self._lock:
+            self.log_lines.append(line)
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
+
+    def _abort_requests(self) -> None:
+        """Hook for __exit__: end whatever in-flight requests still run (nothing by default)."""
+
+    def __enter__(self) -> Self:
+        self._stop.clear()
+        self._httpd = _LoopbackHttpd(self, self._handler)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"{type(self).__name__}-{self.port}",
+        )
+        self._thread.start()
+        try:
+            _wait_until_listening(self.port, what=type(self).__name__, timeout=self.timeout)
+        except RuntimeError as exc:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"{exc}\n" + "\n".join(self.log_lines[-30:])) from None
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            # Keep-alive connections block their handler threads in a read: shut them so the
+            # threads see EOF and server_close() can join them.
+            with self._lock:
+                conns = list(self._conns)
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            self._abort_requests()
+            httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+# --------------------------------------------------------------------------------------------
 # git smart HTTP with Basic auth
 # --------------------------------------------------------------------------------------------
 
@@ -298,43 +485,14 @@ def _norm_repo(path: str) -> str:
     return path.strip("/").removesuffix(".git")
 
 
-class _GitHttpd(ThreadingHTTPServer):
-    # Non-daemon handler threads are joined by server_close(), so __exit__ really ends them.
-    daemon_threads = False
-
-    def __init__(self, peer: GitHttpServer) -> None:
-        self.peer = peer
-        super().__init__((LOOPBACK, 0), _GitHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall
-        # for seconds on a machine without network; the name is never needed here.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = LOOPBACK
-        self.server_port = self.server_address[1]
-
-
-class _GitHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _GitHandler(_PeerHandler):
     server_version = "stepkit-test-git/1"
 
     @property
     def peer(self) -> GitHttpServer:
-        assert isinstance(self.server, _GitHttpd)
-        return self.server.peer
-
-    def setup(self) -> None:
-        super().setup()
-        self.peer._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.peer._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        self.peer._log(f"{self.address_string()} {format % args}")
+        peer = super().peer
+        assert isinstance(peer, GitHttpServer)
+        return peer
 
     def do_GET(self) -> None:
         self._handle()
@@ -343,22 +501,6 @@ class _GitHandler(BaseHTTPRequestHandler):
         self._handle()
 
     # -- request plumbing ---------------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            # git switches to chunked uploads for bodies over http.postBuffer.
-            out = bytearray()
-            while True:
-                size_line = self.rfile.readline(1024)
-                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers, which git never sends
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline(1024)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def _basic_auth(self) -> tuple[str, str] | None:
         header = self.headers.get("Authorization", "")
@@ -370,16 +512,6 @@ class _GitHandler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError):
             return None
         return user, password
-
-    def _plain(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
-        body = (text + "\n").encode()
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _record(self, path: str, status: int) -> None:
         self.peer.request_log.append(
@@ -398,14 +530,15 @@ class _GitHandler(BaseHTTPRequestHandler):
         split = urllib.parse.urlsplit(self.path)
         path_info = urllib.parse.unquote(split.path)
         # Read the body first, whatever the verdict, so a keep-alive connection stays in step.
-        body = self._read_body()
+        body = _read_http_body(self)
         match = _GIT_PATH.match(path_info)
         if match is None or ".." in path_info.split("/"):
             self._record(path_info, 404)
             self._plain(404, "not a git repository path")
             return
         repo = match["repo"]
-        if match["rest"] == "git-receive-pack" or "service=git-receive-pack" in split.query:
+        push = match["rest"] == "git-receive-pack" or "service=git-receive-pack" in split.query
+        if push and not peer.push:
             self._record(path_info, 403)
             self._plain(403, "push is not served by this test server")
             return
@@ -438,20 +571,24 @@ class _GitHandler(BaseHTTPRequestHandler):
                 self._record(path_info, 400)
                 self._plain(400, f"bad gzip body: {exc}")
                 return
-        self._run_backend(path_info, split.query, body, user)
+        self._run_backend(path_info, split.query, body, user, push=push)
 
-    def _run_backend(self, path_info: str, query: str, body: bytes, user: str) -> None:
+    def _run_backend(
+        self, path_info: str, query: str, body: bytes, user: str, *, push: bool
+    ) -> None:
         peer = self.peer
         env = git_env(peer._home)
         env.update(
             {
                 "GIT_PROJECT_ROOT": str(peer.root),
                 "GIT_HTTP_EXPORT_ALL": "1",
-                # http-backend enables receive-pack whenever REMOTE_USER is set; this peer is
-                # fetch-only, so turn it off explicitly as well as refusing the URL above.
+                # http-backend enables receive-pack whenever REMOTE_USER is set, and with
+                # http.receivepack=true even without it. Say which, per request: on only for a
+                # push that _handle let through (push=True peer, auth already checked), off for
+                # everything else, as well as refusing push URLs on a fetch-only peer above.
                 "GIT_CONFIG_COUNT": "1",
                 "GIT_CONFIG_KEY_0": "http.receivepack",
-                "GIT_CONFIG_VALUE_0": "false",
+                "GIT_CONFIG_VALUE_0": "true" if push else "false",
                 "GATEWAY_INTERFACE": "CGI/1.1",
                 "SERVER_PROTOCOL": "HTTP/1.1",
                 "SERVER_SOFTWARE": self.server_version,
@@ -547,58 +684,49 @@ class _GitHandler(BaseHTTPRequestHandler):
             if not data:
                 break
             if chunked:
-                self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+                self._chunk(data)
             else:
                 self.wfile.write(data)
         if chunked:
-            self.wfile.write(b"0\r\n\r\n")
+            self._chunk(b"")
         return status
 
 
-class GitHttpServer:
+class GitHttpServer(_HttpPeer):
     """Serve the bare repos under `root` over smart HTTP (git http-backend) with Basic auth.
 
     `credentials` maps a repository path prefix ("" = every repo, "org", "org/repo-a.git") to
     (username, password); the longest matching prefix decides. A repo no prefix matches is
     served anonymously. Prefixes match whole path segments, and ".git" is optional on both sides.
+
+    Fetch only by default: every git-receive-pack request (info/refs?service=git-receive-pack
+    and POST git-receive-pack) is answered 403 before any auth. With push=True, receive-pack
+    is served too, under exactly the same auth as a fetch (the longest prefix's credential, or
+    none for a public repo), so `git push` with the right password moves the bare repo's refs.
     """
+
+    _handler = _GitHandler
 
     def __init__(
         self,
         root: Path,
         credentials: Mapping[str, tuple[str, str]],
         *,
+        push: bool = False,
         timeout: float = DEFAULT_START_TIMEOUT,
     ) -> None:
+        super().__init__(timeout=timeout)
         self.root = root
         self.credentials = dict(credentials)
-        self.timeout = timeout
+        self.push = push
         # (repo path, username presented) for every request that carried Basic auth, right or
         # wrong; `granted` holds only the accepted ones.
         self.auth_log: list[tuple[str, str]] = []
         self.granted: list[tuple[str, str]] = []
         self.request_log: list[HttpRequestRecord] = []
-        self.log_lines: list[str] = []
-        self._httpd: _GitHttpd | None = None
-        self._thread: threading.Thread | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._home = Path("/nonexistent")
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
         self._procs: set[subprocess.Popen[bytes]] = set()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("GitHttpServer is not running")
-        return self._httpd.server_port
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def url_for(self, repo: str) -> str:
-        return f"{self.url}/{repo.lstrip('/')}"
 
     def credential_for(self, repo: str) -> tuple[str, str] | None:
         """The (username, password) the longest matching prefix demands, or None (public)."""
@@ -612,17 +740,6 @@ class GitHttpServer:
                 best, best_len = cred, len(norm)
         return best
 
-    def _log(self, line: str) -> None:
-        with self._lock:
-            self.log_lines.append(line)
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._conns.add(conn)
-            else:
-                self._conns.discard(conn)
-
     def _track_proc(self, proc: subprocess.Popen[bytes], *, add: bool) -> None:
         with self._lock:
             if add:
@@ -630,24 +747,22 @@ class GitHttpServer:
             else:
                 self._procs.discard(proc)
 
+    def _abort_requests(self) -> None:
+        # A backend still streaming a pack to a client that went away would keep its handler
+        # thread (and so server_close) waiting.
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
     def __enter__(self) -> Self:
         if not self.root.is_dir():
             raise RuntimeError(f"GitHttpServer root {self.root} is not a directory")
         self._tmp = tempfile.TemporaryDirectory(prefix="stepkit-githttp-")
         self._home = Path(self._tmp.name)
-        self._httpd = _GitHttpd(self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"git-http-{self.port}",
-        )
-        self._thread.start()
-        try:
-            _wait_until_listening(self.port, what="GitHttpServer", timeout=self.timeout)
-        except RuntimeError as exc:
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"{exc}\n" + "\n".join(self.log_lines[-30:])) from None
-        return self
+        # On a failed start, _HttpPeer.__enter__ calls our __exit__, which removes _tmp again.
+        return super().__enter__()
 
     def __exit__(
         self,
@@ -655,24 +770,7 @@ class GitHttpServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            # Idle keep-alive connections would keep their handler threads (and so
-            # server_close) blocked: shut their sockets so the threads see EOF and end.
-            with self._lock:
-                conns = list(self._conns)
-                procs = list(self._procs)
-            for conn in conns:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-            for proc in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        super().__exit__(exc_type, exc, tb)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -732,13 +830,16 @@ class AuthorizedKey:
     """A public key SshServer accepts, limited to git-upload-pack under repo_root.
 
     With only_repo set (a path relative to repo_root, e.g. "org/a.git") the key opens that
-    one repository and nothing else: a deploy key. `name` labels it in the access log.
+    one repository and nothing else: a deploy key. `name` labels it in the access log. With
+    push=True the key may also run git-receive-pack on the same repositories (a deploy key
+    with write access); without it, receive-pack is "command not allowed" like any other.
     """
 
     public_key: str
     repo_root: Path
     only_repo: str | None = None
     name: str = ""
+    push: bool = False
 
 
 @dataclass(frozen=True)
@@ -757,7 +858,8 @@ class SshAccess:
 # authorized_keys) so it can be read and tested, and it runs with `python -I` so neither
 # PYTHON* variables nor a user site can change it.
 _GIT_SHELL = r'''
-"""Forced command for SshServer keys: allow only git-upload-pack of permitted repos."""
+"""Forced command for SshServer keys: allow only git-upload-pack (and, for a key that may
+push, git-receive-pack) of permitted repos."""
 
 import json
 import os
@@ -767,7 +869,8 @@ from pathlib import Path
 
 
 def main() -> None:
-    name, root_arg, only, log = sys.argv[1:5]
+    name, root_arg, only, log, mode = sys.argv[1:6]
+    services = ("upload-pack", "receive-pack") if mode == "push" else ("upload-pack",)
     root = Path(root_arg).resolve()
     original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
 
@@ -792,10 +895,10 @@ def main() -> None:
         words = shlex.split(original)
     except ValueError:
         deny("unparsable command")
-    if len(words) == 2 and words[0] == "git-upload-pack":
-        requested = words[1]
-    elif len(words) == 3 and words[:2] == ["git", "upload-pack"]:
-        requested = words[2]
+    if len(words) == 2 and words[0].startswith("git-") and words[0][4:] in services:
+        service, requested = words[0][4:], words[1]
+    elif len(words) == 3 and words[0] == "git" and words[1] in services:
+        service, requested = words[1], words[2]
     else:
         deny(f"command not allowed: {original!r}")
     rel = requested.strip("/")
@@ -810,13 +913,14 @@ def main() -> None:
     if target is None or not target.is_relative_to(root):
         deny(f"no such repository {rel!r}", rel)
     if only and target != (root / only.strip("/")).resolve():
-        deny(f"key {name} is not allowed to read {rel!r}", rel)
+        verb = "write" if service == "receive-pack" else "read"
+        deny(f"key {name} is not allowed to {verb} {rel!r}", rel)
     record(True, rel, "ok")
     sys.stdout.flush()
     env = dict(os.environ)
     # Root's own git config must not change what the server side of a test does.
     env.update({"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"})
-    os.execvpe("git", ["git", "upload-pack", str(target)], env)
+    os.execvpe("git", ["git", service, str(target)], env)
 
 
 main()
@@ -824,7 +928,8 @@ main()
 
 
 class SshServer:
-    """OpenSSH sshd on 127.0.0.1 serving git-upload-pack to the keys in `authorized`.
+    """OpenSSH sshd on 127.0.0.1 serving git-upload-pack (receive-pack too for keys with
+    push=True) to the keys in `authorized`.
 
     Clients log in as root. sshd only lets an account with a real shell and home log in;
     here that is root alone (nobody's shell is nologin), and adding a user would change the
@@ -901,6 +1006,7 @@ class SshServer:
                     str(key.repo_root),
                     key.only_repo or "",
                     str(self.access_log_path),
+                    "push" if key.push else "fetch",
                 ]
             )
             # The value sits in double quotes inside authorized_keys, which has no way to
@@ -1741,150 +1847,6 @@ _HOP_BY_HOP = frozenset(
 def pkt_line(data: bytes) -> bytes:
     """One git pkt-line: four hex digits of length (including themselves), then data."""
     return b"%04x%b" % (len(data) + 4, data)
-
-
-def _read_http_body(handler: BaseHTTPRequestHandler) -> bytes:
-    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
-        out = bytearray()
-        while True:
-            size_line = handler.rfile.readline(1024)
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while handler.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass
-                return bytes(out)
-            out += handler.rfile.read(size)
-            handler.rfile.readline(1024)
-    length = int(handler.headers.get("Content-Length") or 0)
-    return handler.rfile.read(length) if length else b""
-
-
-class _LoopbackHttpd(ThreadingHTTPServer):
-    # Non-daemon handler threads are joined by server_close(), so __exit__ really ends them.
-    daemon_threads = False
-
-    def __init__(self, peer: _HttpPeer, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.peer = peer
-        super().__init__((LOOPBACK, 0), handler)
-
-    def server_bind(self) -> None:
-        # As in _GitHttpd: skip the reverse DNS lookup HTTPServer.server_bind would make.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = LOOPBACK
-        self.server_port = self.server_address[1]
-
-
-class _PeerHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "stepkit-test-http/1"
-
-    @property
-    def peer(self) -> _HttpPeer:
-        assert isinstance(self.server, _LoopbackHttpd)
-        return self.server.peer
-
-    def setup(self) -> None:
-        super().setup()
-        self.peer._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.peer._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        self.peer._log(f"{self.address_string()} {format % args}")
-
-    def _plain(self, status: int, text: str) -> None:
-        body = (text + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
-        self.wfile.flush()
-
-
-class _HttpPeer:
-    """Start and stop plumbing shared by the threaded HTTP peers below."""
-
-    _handler: type[BaseHTTPRequestHandler] = _PeerHandler
-
-    def __init__(self, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
-        self.timeout = timeout
-        self.log_lines: list[str] = []
-        self._httpd: _LoopbackHttpd | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        # Set by __exit__: every endless loop in a handler waits on it, so stopping is prompt.
-        self._stop = threading.Event()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError(f"{type(self).__name__} is not running")
-        return self._httpd.server_port
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def url_for(self, repo: str) -> str:
-        return f"{self.url}/{repo.lstrip('/')}"
-
-    def _log(self, line: str) -> None:
-        with self._lock:
-            self.log_lines.append(line)
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._conns.add(conn)
-            else:
-                self._conns.discard(conn)
-
-    def __enter__(self) -> Self:
-        self._stop.clear()
-        self._httpd = _LoopbackHttpd(self, self._handler)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"{type(self).__name__}-{self.port}",
-        )
-        self._thread.start()
-        try:
-            _wait_until_listening(self.port, what=type(self).__name__, timeout=self.timeout)
-        except RuntimeError as exc:
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"{exc}\n" + "\n".join(self.log_lines[-30:])) from None
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            # Keep-alive connections block their handler threads in a read: shut them so the
-            # threads see EOF and server_close() can join them.
-            with self._lock:
-                conns = list(self._conns)
-            for conn in conns:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
 
 # A made-up object name for the endless server's advertisement: no client ever gets to fetch it.

@@ -42,6 +42,7 @@ from tests.peers import (
     free_port,
     gen_keypair,
     git_env,
+    git_processes_for,
     make_bare,
     make_repo,
     run_git,
@@ -1165,24 +1166,6 @@ def test_adv15_symlink_in_the_path_is_rejected(
 
 
 # --- 16: servers that never finish --------------------------------------------------------------
-
-
-def git_processes_for(port: int) -> list[str]:
-    """git (and its transport helpers and ssh) still running with the server's port in argv."""
-    # The port as a whole number: a longer one that merely contains it is another server's.
-    pattern = re.compile(rf"(?<!\d){port}(?!\d)")
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        program = Path(cmdline.split(" ", 1)[0]).name
-        if pattern.search(cmdline) and program.startswith(("git", "ssh")):
-            found.append(cmdline)
-    return found
 
 
 def assert_timed_out(site: Site, result: Run, port: int) -> None:

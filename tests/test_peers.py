@@ -79,6 +79,24 @@ def _head(repo: Path, env: dict[str, str]) -> str:
     return run_git(["rev-parse", "HEAD"], env=env, cwd=repo).stdout.strip()
 
 
+def _work_clone(bare: Path, dest: Path, env: dict[str, str]) -> Path:
+    """A working clone of a bare repo straight from disk (no peer), to make commits in."""
+    run_git(["clone", "-q", str(bare), str(dest)], env=env)
+    return dest
+
+
+def _commit(work: Path, env: dict[str, str], name: str) -> str:
+    """One new commit on the checked-out branch of `work`; return its SHA."""
+    (work / f"{name}.txt").write_text(f"{name}\n")
+    run_git(["add", f"{name}.txt"], env=env, cwd=work)
+    run_git(["commit", "-q", "-m", name], env=env, cwd=work)
+    return _head(work, env)
+
+
+def _main_of(bare: Path, env: dict[str, str]) -> str:
+    return run_git(["rev-parse", "refs/heads/main"], env=env, cwd=bare).stdout.strip()
+
+
 def _open(url: str, timeout: float) -> int:
     """GET url without proxies; return the HTTP status (errors other than HTTP propagate)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -249,6 +267,81 @@ def test_git_http_longest_prefix_picks_the_credential(
         assert len(server.auth_log) == before
 
 
+def test_git_http_push_needs_push_and_the_right_password(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    srv = tmp_path / "srv"
+    bare = srv / "org" / "app.git"
+    refs = make_repo(tmp_path / "src", commits=2, bare_copy_to=bare)
+    work = _work_clone(bare, tmp_path / "work", client_env)
+    first = _commit(work, client_env, "first")
+    creds = {"org": ("org-bot", "pw-org"), "org/app.git": ("pusher", "pw-push")}
+
+    def push(server: GitHttpServer, store: Path) -> subprocess.CompletedProcess[str]:
+        helper = ["-c", "credential.helper=", "-c", f"credential.helper=store --file={store}"]
+        url = server.url_for("org/app.git")
+        return run_git(
+            [*helper, "push", url, "HEAD:refs/heads/main"], env=client_env, cwd=work, check=False
+        )
+
+    with GitHttpServer(srv, creds, push=True) as server:
+        assert server.push
+        host = f"127.0.0.1:{server.port}"
+
+        wrong = push(server, _store(tmp_path / "wrong", f"http://pusher:wrong@{host}"))
+        assert wrong.returncode != 0
+        assert "Authentication failed" in wrong.stderr
+        assert server.auth_log[-1] == ("org/app.git", "pusher")
+        assert server.request_log[-1].status == 401
+        # The org-wide credential is not the one the longest prefix demands, for push as for
+        # fetch.
+        org = push(server, _store(tmp_path / "org", f"http://org-bot:pw-org@{host}"))
+        assert org.returncode != 0
+        assert server.auth_log[-1] == ("org/app.git", "org-bot")
+        assert _main_of(bare, client_env) == refs["refs/heads/main"]
+        assert server.granted == []
+
+        right = push(server, _store(tmp_path / "right", f"http://pusher:pw-push@{host}"))
+        assert right.returncode == 0, right.stderr
+        assert _main_of(bare, client_env) == first
+        assert ("org/app.git", "pusher") in server.granted
+        assert (
+            "POST",
+            "/org/app.git/git-receive-pack",
+            200,
+        ) in [(r.method, r.path, r.status) for r in server.request_log]
+
+        # Fetching from a push-enabled server is unchanged: the same credential reads the
+        # commit just pushed.
+        code, err = _clone_http(
+            server.url_for("org/app.git"),
+            tmp_path / "after",
+            client_env,
+            _store(tmp_path / "read", f"http://pusher:pw-push@{host}"),
+        )
+        assert code == 0, err
+        assert _head(tmp_path / "after", client_env) == first
+
+    second = _commit(work, client_env, "second")
+    with GitHttpServer(srv, creds) as server:
+        assert not server.push
+        host = f"127.0.0.1:{server.port}"
+        refused = push(server, _store(tmp_path / "refused", f"http://pusher:pw-push@{host}"))
+        assert refused.returncode != 0
+        assert "403" in refused.stderr
+        assert _main_of(bare, client_env) == first != second
+        # Refused before any auth: the right password never even reached the check.
+        assert server.request_log
+        assert all(r.status == 403 for r in server.request_log)
+        assert server.auth_log == []
+        assert server.granted == []
+        for path in (
+            "/org/app.git/info/refs?service=git-receive-pack",
+            "/org/app.git/git-receive-pack",
+        ):
+            assert _open(server.url + path, timeout=10) == 403
+
+
 # --------------------------------------------------------------------------------------------
 # git over ssh
 # --------------------------------------------------------------------------------------------
@@ -316,6 +409,57 @@ def test_ssh_deploy_keys_open_only_their_repository(
             ("deploy-a", "b.git", False, "version=2"),
             ("deploy-b", "b", True, ""),
             ("deploy-a", "", False, ""),
+        ]
+
+
+def test_ssh_push_needs_a_key_that_may_push(tmp_path: Path, client_env: dict[str, str]) -> None:
+    repos = tmp_path / "repos"
+    refs_a = make_repo(tmp_path / "a", commits=2, bare_copy_to=repos / "a.git")
+    refs_b = make_repo(tmp_path / "b", commits=1, bare_copy_to=repos / "b.git")
+    keys = tmp_path / "keys"
+    _, pub_push = gen_keypair(keys / "id_push")
+    _, pub_read = gen_keypair(keys / "id_read")
+    authorized = [
+        AuthorizedKey(pub_push, repos, only_repo="a.git", name="deploy-push", push=True),
+        AuthorizedKey(pub_read, repos, only_repo="a.git", name="deploy-read"),
+    ]
+    assert not authorized[1].push  # fetch-only is the default
+    work = _work_clone(repos / "a.git", tmp_path / "work", client_env)
+    new = _commit(work, client_env, "pushed")
+
+    with SshServer(tmp_path / "sshd", authorized) as sshd:
+        known_hosts = sshd.write_known_hosts(tmp_path / "known_hosts")
+
+        def git_as(key: str, *args: str) -> subprocess.CompletedProcess[str]:
+            ssh = shlex.join(ssh_command(keys / key, known_hosts))
+            env = {**client_env, "GIT_SSH_COMMAND": ssh}
+            return run_git(list(args), env=env, cwd=work, check=False)
+
+        read_only = git_as("id_read", "push", sshd.url_for("a.git"), "HEAD:refs/heads/main")
+        assert read_only.returncode != 0
+        assert "command not allowed" in read_only.stderr
+        other = git_as("id_push", "push", sshd.url_for("b.git"), "HEAD:refs/heads/main")
+        assert other.returncode != 0
+        assert "deploy-push is not allowed to write 'b.git'" in other.stderr
+        assert _main_of(repos / "a.git", client_env) == refs_a["refs/heads/main"]
+        assert _main_of(repos / "b.git", client_env) == refs_b["refs/heads/main"]
+
+        pushed = git_as("id_push", "push", sshd.url_for("a.git"), "HEAD:refs/heads/main")
+        assert pushed.returncode == 0, pushed.stderr
+        assert _main_of(repos / "a.git", client_env) == new
+        # Both keys still fetch, and see the new commit.
+        for key in ("id_push", "id_read"):
+            listed = git_as(key, "ls-remote", sshd.url_for("a.git"), "main")
+            assert listed.returncode == 0, listed.stderr
+            assert listed.stdout.split() == [new, "refs/heads/main"]
+
+        seen = [(e.key, e.command.split()[0], e.repo, e.allowed) for e in sshd.access_log()]
+        assert seen == [
+            ("deploy-read", "git-receive-pack", "", False),
+            ("deploy-push", "git-receive-pack", "b.git", False),
+            ("deploy-push", "git-receive-pack", "a.git", True),
+            ("deploy-push", "git-upload-pack", "a.git", True),
+            ("deploy-read", "git-upload-pack", "a.git", True),
         ]
 
 

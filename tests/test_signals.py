@@ -8,23 +8,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import STEPKIT
-from tests.peers import LOOPBACK, FlakyProxy, free_port
-
-
-def _git_children_of(port: int) -> list[str]:
-    """git processes (git, git-remote-http) whose command line names the stalled server's port."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        program = Path(cmdline.split(" ", 1)[0]).name
-        if f":{port}/" in cmdline and program.startswith("git"):
-            found.append(cmdline)
-    return found
+from tests.peers import LOOPBACK, FlakyProxy, free_port, git_processes_for
 
 
 def test_sigterm_during_git_init_exits_130_and_cleans_up(tmp_path: Path) -> None:
@@ -45,13 +29,13 @@ def test_sigterm_during_git_init_exits_130_and_cleans_up(tmp_path: Path) -> None
             text=True,
         )
         deadline = time.monotonic() + 30
-        while not _git_children_of(proxy.port) and time.monotonic() < deadline:
+        while not git_processes_for(proxy.port) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _git_children_of(proxy.port), "git never started"
+        assert git_processes_for(proxy.port), "git never started"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         assert err.strip().splitlines()[-1].endswith("interrupted")
         time.sleep(0.2)
-        assert _git_children_of(proxy.port) == []
+        assert git_processes_for(proxy.port) == []
         assert not (workspace / "src").exists()
