@@ -15,6 +15,8 @@ help:
 	@echo "make test   - install what the tests need, then ruff, mypy --strict and pytest"
 	@echo "make bench  - start-up and git fetch benchmarks against baselines measured in the same run"
 	@echo "make lint   - ruff and mypy only"
+	@echo "make images - the helper images (buildah, else docker) FROM BASE_IMAGE, default python:3.11-slim"
+	@echo "make images-local - the same FROM a Debian base made here (no registry needed)"
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -60,3 +62,65 @@ bench: deps venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# ---- Container images (images/README.md) ---------------------------------------------------
+# The image tools are installed by the image targets only: `make test` never waits for them.
+IMAGE_DEB_PACKAGES = buildah podman debootstrap debian-archive-keyring
+# vfs works anywhere, inside a container too; overlay needs kernel support this machine lacks.
+STORAGE_DRIVER ?= vfs
+BASE_IMAGE     ?= docker.io/library/python:3.11-slim
+LOCAL_BASE     ?= localhost/stepkit-python-base:bookworm
+IMAGE_REPO     ?= localhost/stepkit
+IMAGE_CACHE    ?= .images
+IMAGE_CONTEXT   = $(IMAGE_CACHE)/context
+# buildah or docker; empty: buildah when installed, else docker.
+IMAGE_BUILDER  ?=
+# 1: buildah --layers (every step cached); 0: not; empty: 0 on vfs, where it is slower.
+LAYERS         ?=
+# Recursive (=) so that `make test` never runs these.
+VERSION         = $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' stepkit/__init__.py)
+REVISION        = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+IMAGE_SOURCE   ?= $(shell git config --get remote.origin.url 2>/dev/null | sed 's#//[^/@]*@#//#')
+PACKAGE_FILES   = pyproject.toml README.md $(wildcard stepkit/*.py stepkit/py.typed initializers/*.py \
+                  initializers/*/*.py initializers/py.typed builders/*.py builders/*/*.py builders/py.typed)
+
+.PHONY: images images-local base-image wheels images-lock image-deps images-clean
+
+image-deps:
+	@missing=""; for p in $(IMAGE_DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "note: not installed:$$missing (sudo apt-get install -y$$missing); docker is used when buildah is missing"; \
+	  fi; \
+	fi
+
+# Re-resolve the images' dependencies (needs PyPI); commit the two lock files it rewrites.
+images-lock: | $(BIN)/python
+	$(BIN)/python images/wheels.py lock
+
+# stepkit's wheel and the locked wheels, for this machine's architecture: the build context.
+wheels: $(IMAGE_CONTEXT)/stepkit.req
+
+$(IMAGE_CONTEXT)/stepkit.req: images/requirements.lock images/pip.lock images/wheels.py $(PACKAGE_FILES) | $(BIN)/python
+	$(BIN)/python images/wheels.py context $(IMAGE_CONTEXT)
+
+# A Debian base with python3, git and ssh in containers storage, for machines without a registry.
+base-image: image-deps
+	STORAGE_DRIVER=$(STORAGE_DRIVER) images/base-image.sh $(LOCAL_BASE) $(IMAGE_CACHE)
+
+images: image-deps wheels
+	BASE_IMAGE=$(BASE_IMAGE) IMAGE_REPO=$(IMAGE_REPO) VERSION=$(VERSION) REVISION=$(REVISION) \
+	  SOURCE=$(IMAGE_SOURCE) STORAGE_DRIVER=$(STORAGE_DRIVER) LAYERS=$(LAYERS) \
+	  IMAGE_BUILDER=$(IMAGE_BUILDER) images/build.sh $(IMAGE_CONTEXT)
+
+images-local: base-image
+	@$(MAKE) --no-print-directory images BASE_IMAGE=$(LOCAL_BASE)
+
+# The Debian tree, wheels and build stamps; the images stay (buildah rmi removes them).
+images-clean:
+	rm -rf $(IMAGE_CACHE)
