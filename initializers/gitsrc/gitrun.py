@@ -75,6 +75,9 @@ class Git:
         self.spec = spec
         self.cwd = cwd
         settings = list(gitenv.SAFE_CONFIG)
+        # A pod's /workspace is a root-owned emptyDir: a step under another UID would hit
+        # git's "dubious ownership" refusal for the repository git-init itself creates.
+        settings.append(("safe.directory", str(cwd)))
         if not spec.ssl_verify:
             settings.append(("http.sslVerify", "false"))
         # A private scratch directory for this run (0700), removed on exit.
