@@ -194,3 +194,24 @@ class SafeTree:
             raise
         finally:
             os.close(fd)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new private (0700) directory for one run's temporary files; the caller removes it.
+
+    $TMPDIR, /tmp and /var/tmp in that order, then $HOME: in a pod with a read-only root
+    filesystem only the mounted volumes are writable, and Python's own fallback, the working
+    directory, is the workspace the helper is filling.
+    """
+    import tempfile  # lazy: creds-init imports this module and never needs it (start-up time)
+
+    candidates = [os.environ.get("TMPDIR", ""), "/tmp", "/var/tmp", os.environ.get("HOME", "")]
+    failures = []
+    for base in candidates:
+        if not base or not os.path.isabs(base):
+            continue
+        try:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        except OSError as exc:
+            failures.append(f"{base}: {exc.strerror}")
+    raise StepkitError("no writable directory for temporary files (" + "; ".join(failures) + ")")

@@ -8,14 +8,13 @@ import random
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from initializers.gitsrc.spec import FetchSpec
-from stepkit import gitenv, identity, subproc
+from stepkit import fsutil, gitenv, identity, subproc
 from stepkit.errors import CommandError, DeniedError, StepkitError
 from stepkit.log import printable
 
@@ -81,7 +80,7 @@ class Git:
         if not spec.ssl_verify:
             settings.append(("http.sslVerify", "false"))
         # A private scratch directory for this run (0700), removed on exit.
-        self._scratch = tempfile.mkdtemp(prefix="stepkit-git-")
+        self._scratch = str(fsutil.scratch_dir("stepkit-git-"))
         extra = identity.passwd_env(os.environ.get("HOME", "/"), Path(self._scratch))
         if spec.url.password is not None:
             # Credentials from the url reach git through an askpass program reading our
