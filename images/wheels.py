@@ -269,6 +269,8 @@ def context(out: Path, arch: str) -> int:
             str(lock_file),
         )
         shutil.copy2(lock_file, tmp / lock_file.name)
+    # The base image's ssh wrapper (see the file) goes in from the same context.
+    shutil.copy2(HERE / "ssh", tmp / "ssh")
     expected = len(pins(LOCK)) + len(pins(PIP_LOCK)) + 1
     found = sorted(p.name for p in tmp.glob("*.whl"))
     if len(found) != expected:
