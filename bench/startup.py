@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from spawn import RSS_RUNS, Homes, Sample, alternate, check_run
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The kubelet's layout for a mounted secret: each key a symlink into `..data`, which
@@ -26,21 +28,6 @@ KUBELET_STAMP = "..2024_01_01_00_00_00.000000001"
 GIT_SECRETS = 4
 SSH_SECRETS = 3
 DOCKER_SECRETS = 2
-
-_DEVNULL_ACTIONS = [
-    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
-]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One child process: wall time from spawn to reaped, exit code, peak RSS in KiB."""
-
-    seconds: float
-    exit_code: int
-    maxrss_kib: int
 
 
 @dataclass(frozen=True)
@@ -108,19 +95,6 @@ class Summary:
     failed_runs: int
     baseline_maxrss_mib: float
     candidate_maxrss_mib: float
-
-
-RSS_RUNS = 5
-
-
-def spawn(argv: Sequence[str], env: dict[str, str], *, quiet: bool = True) -> Sample:
-    """Run one child exactly as an entrypoint would (the kernel reads the shebang), timed to the reap."""
-    actions = _DEVNULL_ACTIONS if quiet else []
-    start = time.perf_counter()
-    pid = os.posix_spawn(argv[0], list(argv), env, file_actions=actions)
-    _, status, usage = os.wait4(pid, 0)
-    elapsed = time.perf_counter() - start
-    return Sample(elapsed, os.waitstatus_to_exitcode(status), usage.ru_maxrss)
 
 
 def peak_rss_kib(argv: Sequence[str], env: dict[str, str]) -> int:
@@ -247,33 +221,12 @@ def creds_written(home: Path) -> str:
 # --- measuring ---------------------------------------------------------------------------
 
 
-class Homes:
-    """Fresh empty HOME directories, made before the clock starts and removed at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.count = 0
-
-    def new(self) -> Path:
-        self.count += 1
-        home = self.root / f"home{self.count}"
-        home.mkdir(mode=0o700)
-        return home
-
-
 def precheck(bench: Bench, env: dict[str, str], homes: Homes) -> str:
     """Run the candidate once with its output kept: a benchmark of a failing command is no benchmark."""
     home = homes.new()
-    proc = subprocess.run(
-        bench.argv,
-        env={**env, "HOME": str(home)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return f"exit {proc.returncode}: {' | '.join(tail)}"
+    error = check_run(bench.argv, {**env, "HOME": str(home)})
+    if error:
+        return error
     if bench.check_home is not None:
         return bench.check_home(home)
     return ""
@@ -292,15 +245,9 @@ def measure(
     result.error = precheck(bench, env, homes)
     if result.error:
         return result
-    # Alternate baseline and candidate (ABAB...) so drift on a shared machine hits both alike.
-    for i in range(warmup + runs):
-        base_env = {**env, "HOME": str(homes.new())}
-        base = spawn(baseline, base_env)
-        cand_env = {**env, "HOME": str(homes.new())}
-        cand = spawn(bench.argv, cand_env)
-        if i >= warmup:
-            result.baseline.append(base)
-            result.candidate.append(cand)
+    result.baseline, result.candidate = alternate(
+        baseline, bench.argv, env, homes, runs=runs, warmup=warmup
+    )
     for _ in range(RSS_RUNS):
         result.baseline_rss_kib.append(peak_rss_kib(baseline, {**env, "HOME": str(homes.new())}))
         result.candidate_rss_kib.append(peak_rss_kib(bench.argv, {**env, "HOME": str(homes.new())}))
@@ -350,11 +297,19 @@ def render(results: list[Result], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+def arg_parser(description: str | None) -> argparse.ArgumentParser:
+    """--runs, --warmup and --json, the options every start-up benchmark takes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runs", type=int, default=30, help="measured pairs per benchmark")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured pairs first")
     parser.add_argument("--json", metavar="FILE", help="also write raw samples and medians")
+    return parser
+
+
+def parse_args(
+    argv: list[str] | None, parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    parser = parser or arg_parser(__doc__)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be >= 1 and --warmup >= 0")

@@ -123,8 +123,15 @@ def image_config(image: str) -> dict[str, Any]:
     return config
 
 
-def command_for(image: str, args: Sequence[str]) -> list[str]:
-    """What a container runtime runs: ENTRYPOINT + args, or ENTRYPOINT + CMD without args."""
+def command_for(
+    image: str, args: Sequence[str], entrypoint: Sequence[str] | None = None
+) -> list[str]:
+    """What a container runtime runs: ENTRYPOINT + args, or ENTRYPOINT + CMD without args.
+
+    entrypoint replaces the image's ENTRYPOINT and CMD, as a pod's `command:` does.
+    """
+    if entrypoint is not None:
+        return [*entrypoint, *args]
     config = image_config(image)
     entrypoint = list(config.get("Entrypoint") or [])
     command = list(args) if args else list(config.get("Cmd") or [])
@@ -244,16 +251,18 @@ def run_image(
     read_only: bool = True,
     mounts: Sequence[tuple[Path, str, bool]] = (),
     workdir: str | None = None,
+    entrypoint: Sequence[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run image's entrypoint with args in a pod-like container; its exit code and output.
 
     workspace -> /workspace and home -> /builder/home (read-write; make them writable by
     `user`, e.g. with emptydir()), secrets -> /var/build-secrets (read-only) when given,
     mounts: more (host path, container path, read_only) volumes. HOME=/builder/home as in a pod
-    (the image sets it too); env adds variables. stderr has buildah's own trailing "exit
+    (the image sets it too); env adds variables; entrypoint replaces the image's ENTRYPOINT
+    (and CMD), as a pod's `command:` does. stderr has buildah's own trailing "exit
     status" lines removed. On timeout the whole run is killed and TimeoutExpired raised.
     """
-    argv = command_for(image, args)
+    argv = command_for(image, args, entrypoint)
     volumes: list[tuple[Path, str, bool]] = [
         (workspace, POD_WORKSPACE, False),
         (home, POD_HOME, False),
