@@ -13,13 +13,15 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - run creds-init on example secrets and show what git, ssh and docker now use"
 	@echo "make test   - install what the tests need, then ruff, mypy --strict and pytest"
-	@echo "make bench  - start-up and git fetch benchmarks against baselines measured in the same run"
+	@echo "make bench  - start-up (on the host and in the images), git fetch and image size benchmarks"
 	@echo "make lint   - ruff and mypy only"
 	@echo "make images - the helper images (buildah, else docker) FROM BASE_IMAGE, default python:3.11-slim"
 	@echo "make images-local - the same FROM a Debian base made here (no registry needed)"
 
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+# $(call ensure-debs,PACKAGES): install the missing ones with apt-get when root; otherwise
+# name them and fail.
+define ensure-debs
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -27,10 +29,15 @@ deps:
 	    echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
 	  else \
-	    echo "error: the tests need these Debian packages:$$missing"; \
-	    echo "       run: sudo apt-get install -y$$missing   (or run make test as root)"; exit 1; \
+	    echo "error: these Debian packages are needed:$$missing"; \
+	    echo "       run: sudo apt-get install -y$$missing   (or run make as root)"; exit 1; \
 	  fi; \
 	fi
+endef
+
+# The image tests (tests/test_images.py) build the images, so `make test` needs their tools.
+deps:
+	$(call ensure-debs,$(DEB_PACKAGES) $(IMAGE_DEB_PACKAGES))
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,12 +66,12 @@ demo: deps venv
 bench: deps venv
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/git_fetch.py
+	$(BIN)/python bench/images.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
 
 # ---- Container images (images/README.md) ---------------------------------------------------
-# The image tools are installed by the image targets only: `make test` never waits for them.
 IMAGE_DEB_PACKAGES = buildah podman debootstrap debian-archive-keyring
 # vfs works anywhere, inside a container too; overlay needs kernel support this machine lacks.
 STORAGE_DRIVER ?= vfs
@@ -84,20 +91,16 @@ IMAGE_SOURCE   ?= $(shell git config --get remote.origin.url 2>/dev/null | sed '
 PACKAGE_FILES   = pyproject.toml README.md $(wildcard stepkit/*.py stepkit/py.typed initializers/*.py \
                   initializers/*/*.py initializers/py.typed builders/*.py builders/*/*.py builders/py.typed)
 
-.PHONY: images images-local base-image wheels images-lock image-deps images-clean
+.PHONY: images images-local base-image wheels images-lock image-deps image-debs images-clean
 
+# buildah, or docker when buildah is missing and this is not root.
 image-deps:
-	@missing=""; for p in $(IMAGE_DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
-	  else \
-	    echo "note: not installed:$$missing (sudo apt-get install -y$$missing); docker is used when buildah is missing"; \
-	  fi; \
-	fi
+	@if [ "$$(id -u)" != 0 ] && ! command -v buildah >/dev/null && command -v docker >/dev/null; then \
+	  echo "note: buildah is not installed; building with docker"; \
+	else $(MAKE) --no-print-directory image-debs; fi
+
+image-debs:
+	$(call ensure-debs,$(IMAGE_DEB_PACKAGES))
 
 # Re-resolve the images' dependencies (needs PyPI); commit the two lock files it rewrites.
 images-lock: | $(BIN)/python
@@ -106,7 +109,7 @@ images-lock: | $(BIN)/python
 # stepkit's wheel and the locked wheels, for this machine's architecture: the build context.
 wheels: $(IMAGE_CONTEXT)/stepkit.req
 
-$(IMAGE_CONTEXT)/stepkit.req: images/requirements.lock images/pip.lock images/wheels.py $(PACKAGE_FILES) | $(BIN)/python
+$(IMAGE_CONTEXT)/stepkit.req: images/requirements.lock images/pip.lock images/wheels.py images/ssh $(PACKAGE_FILES) | $(BIN)/python
 	$(BIN)/python images/wheels.py context $(IMAGE_CONTEXT)
 
 # A Debian base with python3, git and ssh in containers storage, for machines without a registry.

@@ -1,0 +1,319 @@
+"""The images, run as a Knative Build pod runs them: creds-init, git-init, a step, nop.
+
+Every container runs with `buildah run --isolation chroot` (tests/images.py): the workspace
+and home are host directories mounted at /workspace and /builder/home, the secrets at
+/var/build-secrets/<name>, the root filesystem read-only, under a non-root UID: 65532 (the
+images' own user) and an OpenShift-style arbitrary UID with GID 0 and no passwd entry. The
+arguments are the ones the Knative Build controller generates (SPEC §0-§2, §5).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stepkit import __version__
+from tests.conftest import Secrets, assert_no_leak
+from tests.images import (
+    POD_HOME,
+    POD_SECRETS,
+    emptydir,
+    ensure_images,
+    image_config,
+    run_image,
+)
+from tests.peers import (
+    AuthorizedKey,
+    GitHttpServer,
+    SshServer,
+    gen_keypair,
+    git_env,
+    make_bare,
+    make_repo,
+    run_git,
+)
+
+PASSWORD = 'p@ss:w/rd %#?+ "é€'  # characters a credential store must not lose
+ARBITRARY_UID = "1000630000:0"  # the first UID of an OpenShift project's range, GID 0
+USERS = ["65532:65532", ARBITRARY_UID]
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, str]:
+    """The four images, built once (make images-local). A failed build fails every test here."""
+    return ensure_images()
+
+
+@dataclass
+class Peers:
+    """One bare repository served over HTTP (Basic auth) and over ssh, both allowing push."""
+
+    srv: Path
+    http: GitHttpServer
+    ssh: SshServer
+    shas: dict[str, str]
+    private_key: str
+
+    def ref(self, name: str) -> str:
+        """The bare repository's ref on the server side, or "" when it does not exist."""
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.srv / "repo.git"), "rev-parse", "--verify", "-q", name],
+            capture_output=True,
+            text=True,
+            env=git_env(self.srv.parent / "git-home"),
+            check=False,
+        )
+        return proc.stdout.strip()
+
+
+@pytest.fixture
+def peers(tmp_path: Path) -> Iterator[Peers]:
+    shas = make_repo(tmp_path / "src", commits=3, tags=["v1.0"])
+    srv = tmp_path / "srv"
+    make_bare(tmp_path / "src", srv / "repo.git")
+    private, public = gen_keypair(tmp_path / "keys" / "deploy")
+    with (
+        GitHttpServer(srv, {"": ("builder", PASSWORD)}, push=True) as http,
+        SshServer(tmp_path / "sshd", [AuthorizedKey(public, srv, push=True)]) as ssh,
+    ):
+        yield Peers(srv, http, ssh, shas, private)
+
+
+@dataclass
+class Pod:
+    """The pod's two emptyDir volumes and the secrets creds-init gets mounted."""
+
+    workspace: Path
+    home: Path
+    secrets: Secrets
+    user: str
+
+
+@pytest.fixture(params=USERS, ids=["uid-65532", "arbitrary-uid"])
+def pod(request: pytest.FixtureRequest, tmp_path: Path, peers: Peers) -> Pod:
+    secrets = Secrets(tmp_path / "secrets")
+    secrets.root.mkdir()
+    secrets.add("git-basic", {"username": "builder", "password": PASSWORD})
+    secrets.add(
+        "git-ssh", {"ssh-privatekey": peers.private_key, "known_hosts": peers.ssh.host_key_line}
+    )
+    for path in [secrets.root, *secrets.root.rglob("*")]:
+        if not path.is_symlink():  # the kubelet's defaults: directories 0755, files 0644
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return Pod(
+        emptydir(tmp_path / "workspace"), emptydir(tmp_path / "home"), secrets, request.param
+    )
+
+
+def knative_creds_args(peers: Peers) -> list[str]:
+    """What the Knative controller passes for a service account with these two secrets
+    (annotations build.knative.dev/git-0 on each: the url, and host:port for ssh)."""
+    return [
+        f"-basic-git=git-basic={peers.http.url}",
+        f"-ssh-git=git-ssh=127.0.0.1:{peers.ssh.port}",
+    ]
+
+
+def run(
+    images: dict[str, str],
+    name: str,
+    args: list[str],
+    pod: Pod,
+    *,
+    env: dict[str, str] | None = None,
+    secrets: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    res = run_image(
+        images[name],
+        args,
+        workspace=pod.workspace,
+        home=pod.home,
+        secrets=pod.secrets.root if secrets else None,
+        user=pod.user,
+        env=env,
+    )
+    assert_no_leak(res.stdout + res.stderr, pod.secrets.values)
+    return res
+
+
+def test_pod_sequence(images: dict[str, str], peers: Peers, pod: Pod) -> None:
+    """creds-init, git-init over HTTP and over ssh, a step that logs and pushes, nop."""
+    uid = int(pod.user.split(":")[0])
+
+    res = run(images, "creds-init", knative_creds_args(peers), pod, secrets=True)
+    assert res.returncode == 0, res.stderr
+    for name in (".gitconfig", ".git-credentials", ".ssh/config", ".ssh/id_git-ssh"):
+        written = pod.home / name
+        assert written.stat().st_uid == uid, name  # written by the pod's user, for its steps
+        assert written.stat().st_mode & 0o077 == 0, name
+    assert not any(pod.workspace.iterdir()), "creds-init wrote into the workspace"
+
+    # Knative's git source: -url, -revision, -path. Plain http:// needs the opt-in.
+    http_url = peers.http.url_for("repo.git")
+    res = run(
+        images,
+        "git-init",
+        [f"-url={http_url}", "-revision=main", "-path=over-http"],
+        pod,
+        env={"STEPKIT_GIT_ALLOW_HTTP": "true"},
+    )
+    assert res.returncode == 0, res.stderr
+    assert ("repo.git", "builder") in peers.http.granted
+    ssh_url = peers.ssh.url_for("repo.git")
+    res = run(images, "git-init", [f"-url={ssh_url}", "-revision=v1.0", "-path=over-ssh"], pod)
+    assert res.returncode == 0, res.stderr
+    assert [a.repo for a in peers.ssh.access_log() if a.allowed] == ["repo.git"]
+    assert (pod.workspace / "over-http" / "README.md").read_text() == "commit 3\n"
+    assert (pod.workspace / "over-ssh" / "README.md").read_text() == "commit 1\n"
+    assert sorted(p.name for p in pod.workspace.iterdir()) == ["over-http", "over-ssh"]
+
+    # A user's step in the base image: git log, then a commit pushed over both transports.
+    step = (
+        "set -e; cd /workspace/over-http; git log --format=%H -1;"
+        " git -c user.name=step -c user.email=step@example.com commit -q --allow-empty -m step;"
+        " git push -q origin HEAD:refs/heads/from-pod-http;"
+        f" git push -q {ssh_url} HEAD:refs/heads/from-pod-ssh;"
+        " git rev-parse HEAD"
+    )
+    res = run(images, "base", ["sh", "-c", step], pod)
+    assert res.returncode == 0, res.stderr
+    logged, pushed = res.stdout.split()
+    assert logged == peers.shas["refs/heads/main"]
+    assert peers.ref("refs/heads/from-pod-http") == pushed
+    assert peers.ref("refs/heads/from-pod-ssh") == pushed
+    assert peers.ref(f"{pushed}^") == logged
+
+    res = run(images, "nop", [], pod)
+    assert (res.returncode, res.stdout) == (0, "Build successful\n"), res.stderr
+
+
+def test_git_init_into_the_workspace_itself(images: dict[str, str], peers: Peers, pod: Pod) -> None:
+    """No -path: the checkout is /workspace; with the root read-only, nothing else lands there."""
+    run(images, "creds-init", knative_creds_args(peers), pod, secrets=True)
+    res = run(images, "git-init", [f"-url={peers.ssh.url_for('repo.git')}", "-revision="], pod)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in pod.workspace.iterdir()) == [".git", "README.md"]
+    assert not [p for p in pod.home.iterdir() if p.name.startswith("stepkit-")], "scratch left"
+
+
+def test_failing_helpers_exit_non_zero_through_the_entrypoint(
+    images: dict[str, str], peers: Peers, pod: Pod
+) -> None:
+    # A secret the service account names but nobody mounted: bad input, nothing written.
+    res = run(images, "creds-init", ["-basic-git=missing=https://example.com"], pod, secrets=True)
+    assert res.returncode == 2, res.stderr
+    assert "missing" in res.stderr
+    assert not any(pod.home.iterdir())
+    # No credentials (creds-init did not run): the server refuses, git-init says so.
+    res = run(
+        images,
+        "git-init",
+        [f"-url={peers.http.url_for('repo.git')}", "-revision=main", "-retries=0"],
+        pod,
+        env={"STEPKIT_GIT_ALLOW_HTTP": "true"},
+    )
+    assert res.returncode == 3, res.stderr
+    assert not any(pod.workspace.iterdir())
+    # A revision the repository lacks.
+    run(images, "creds-init", knative_creds_args(peers), pod, secrets=True)
+    res = run(
+        images,
+        "git-init",
+        [f"-url={peers.ssh.url_for('repo.git')}", "-revision=no-such-branch", "-path=src"],
+        pod,
+    )
+    assert res.returncode == 1, res.stderr
+    assert "no-such-branch" in res.stderr
+    assert not (pod.workspace / "src").exists()
+    # Flags the helper does not know are usage errors, as with the Go binaries.
+    res = run(images, "git-init", ["-no-such-flag=1"], pod)
+    assert res.returncode == 2
+    assert "no-such-flag" in res.stderr
+
+
+def test_image_configuration(images: dict[str, str]) -> None:
+    """What a pod spec relies on without saying it: user, home, working directory, labels."""
+    revision = run_git(["rev-parse", "HEAD"], env=dict(os.environ)).stdout.strip()
+    for name, image in images.items():
+        config = image_config(image)
+        env = dict(item.split("=", 1) for item in config.get("Env", []))
+        assert config.get("User") == "65532:65532", name
+        assert config.get("WorkingDir") == "/workspace", name
+        assert env["HOME"] == POD_HOME, name
+        assert env["PATH"].startswith("/opt/stepkit/bin:"), name
+        labels = config.get("Labels", {})
+        assert labels["org.opencontainers.image.title"] == f"stepkit-{name}"
+        assert labels["org.opencontainers.image.version"] == __version__
+        assert labels["org.opencontainers.image.revision"].startswith(revision)
+        assert labels["org.opencontainers.image.description"]
+        assert "org.opencontainers.image.source" in labels
+        expected = ["/opt/stepkit/bin/stepkit", name] if name != "base" else None
+        assert config.get("Entrypoint") == expected, name
+
+
+def test_base_image_holds_no_build_leftovers(images: dict[str, str], tmp_path: Path) -> None:
+    """No compiler, pip, wheel or package cache; every module precompiled for a read-only root."""
+    pod = Pod(emptydir(tmp_path / "ws"), emptydir(tmp_path / "home"), Secrets(tmp_path), "65532")
+    script = (
+        "for tool in gcc cc c++ make pip pip3; do command -v $tool && echo found $tool; done;"
+        " ls /opt/stepkit/bin;"
+        # /usr/share/python-wheels belongs to Debian's python3-venv in the local Python base.
+        " find / -xdev -path /usr/share/python-wheels -prune -o \\( -name '*.whl'"
+        " -o -path '*/.cache/pip' -o -name pip -path '*site-packages*'"
+        " -o -path '/var/lib/apt/lists/*.gz' \\) -print 2>/dev/null;"
+        " find /opt/stepkit -name '*.py' | while read f; do"
+        "  d=$(dirname $f)/__pycache__; b=$(basename $f .py);"
+        '  ls $d/$b.cpython-*.pyc >/dev/null 2>&1 || echo "no pyc: $f"; done;'
+        " echo done"
+    )
+    res = run_image(
+        images["base"],
+        ["sh", "-c", script],
+        workspace=pod.workspace,
+        home=pod.home,
+        secrets=None,
+        user="65532:65532",
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[-1] == "done"
+    assert not [line for line in lines if line.startswith(("found ", "no pyc", "/"))], lines
+    assert "pip" not in lines and "stepkit" in lines
+
+
+def test_secrets_are_mounted_read_only_where_the_controller_puts_them(
+    images: dict[str, str], pod: Pod
+) -> None:
+    """The secret volume as creds-init sees it: the kubelet's layout, readable, not writable."""
+    script = (
+        f"cat {POD_SECRETS}/git-basic/username; echo; touch {POD_SECRETS}/x 2>/dev/null || echo ro"
+    )
+    res = run(images, "base", ["sh", "-c", script], pod, secrets=True)
+    assert res.stdout.split() == ["builder", "ro"], res.stderr
+
+
+def test_ssh_runs_under_a_uid_without_passwd_entry(images: dict[str, str], tmp_path: Path) -> None:
+    """The base image's ssh gives an arbitrary UID a passwd entry; OpenSSH's own refuses."""
+    pod = Pod(emptydir(tmp_path / "ws"), emptydir(tmp_path / "home"), Secrets(tmp_path), "")
+    script = "/usr/bin/ssh -G example.com; echo plain=$?; ssh -G example.com | grep '^user '"
+    res = run_image(
+        images["base"],
+        ["sh", "-c", script],
+        workspace=pod.workspace,
+        home=pod.home,
+        secrets=None,
+        user=ARBITRARY_UID,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "No user exists for uid 1000630000" in res.stderr  # the test is live
+    assert res.stdout.splitlines() == ["plain=255", "user builder"]
+    assert (
+        (pod.home / ".stepkit" / "nss-1000630000-0" / "passwd")
+        .read_text()
+        .endswith("builder:x:1000630000:0:stepkit build user:/builder/home:/bin/sh\n")
+    )
