@@ -759,6 +759,30 @@ def test_submodules_use_the_same_credentials_and_depth(
     assert granted == {"super.git", "sub.git", "nested.git"}
 
 
+def test_checkout_is_named_safe_for_steps_under_other_uids(
+    tmp_path: Path, world: World, secrets: Secrets
+) -> None:
+    """git refuses a repository another user owns; the steps after git-init often run as
+    another UID (tests/test_images.py runs one as root), so $HOME/.gitconfig names the
+    checkout and its submodules safe.directory, once, keeping creds-init's file mode."""
+    http_creds(secrets, world.http.url)
+    gitconfig = Path(os.environ["HOME"]) / ".gitconfig"
+    assert stat.S_IMODE(gitconfig.stat().st_mode) == 0o600
+    for _ in range(2):  # a re-run adds nothing
+        res = git_init(tmp_path, world.http.url_for("super.git"), "--allow-http")
+        assert res.returncode == 0, res.stderr
+    dest = tmp_path / "workspace" / "src"
+    listed = subprocess.run(
+        ["git", "config", "--file", str(gitconfig), "--get-all", "safe.directory"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert listed == [str(dest), str(dest / "libs" / "sub"), str(dest / "libs/sub/deps/nested")]
+    assert stat.S_IMODE(gitconfig.stat().st_mode) == 0o600
+    assert "helper = store" in gitconfig.read_text()  # creds-init's settings are all still there
+
+
 def test_submodules_false_skips_them(tmp_path: Path, world: World, secrets: Secrets) -> None:
     http_creds(secrets, world.http.url)
     since = len(world.http.request_log)

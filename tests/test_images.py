@@ -188,6 +188,11 @@ def test_pod_sequence(images: dict[str, str], peers: Peers, pod: Pod) -> None:
     assert peers.ref("refs/heads/from-pod-ssh") == pushed
     assert peers.ref(f"{pushed}^") == logged
 
+    # Step images often run as root: git must not refuse the checkout as someone else's.
+    root_step = Pod(pod.workspace, pod.home, pod.secrets, "0:0")
+    res = run(images, "base", ["git", "-C", "/workspace/over-ssh", "log", "--format=%H"], root_step)
+    assert (res.returncode, res.stdout) == (0, peers.shas["refs/tags/v1.0^{}"] + "\n"), res.stderr
+
     res = run(images, "nop", [], pod)
     assert (res.returncode, res.stdout) == (0, "Build successful\n"), res.stderr
 
@@ -198,6 +203,9 @@ def test_git_init_into_the_workspace_itself(images: dict[str, str], peers: Peers
     res = run(images, "git-init", [f"-url={peers.ssh.url_for('repo.git')}", "-revision="], pod)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in pod.workspace.iterdir()) == [".git", "README.md"]
+    # /workspace is the emptyDir's, root-owned: git in a later step must still accept it.
+    res = run(images, "base", ["git", "status", "--porcelain", "--branch"], pod)
+    assert (res.returncode, res.stdout) == (0, "## HEAD (no branch)\n"), res.stderr
     assert not [p for p in pod.home.iterdir() if p.name.startswith("stepkit-")], "scratch left"
 
 

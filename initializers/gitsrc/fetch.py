@@ -18,6 +18,7 @@ from initializers.gitsrc.gitrun import (
     remove_path,
 )
 from initializers.gitsrc.spec import FULL_SHA, HEX, FetchSpec, RepoUrl, parse_url
+from stepkit.contract import home
 from stepkit.errors import InputError, StepkitError
 from stepkit.fsutil import SafeTree
 from stepkit.gitenv import config_value
@@ -62,8 +63,10 @@ def _run(spec: FetchSpec) -> int:
         )
         commit, branch = _fetch(git, spec)
         _checkout(git, spec, commit, branch)
+        worktrees = [dest]
         if spec.submodules:
-            _submodules(git, spec, dest, spec.url, level=1)
+            _submodules(git, spec, dest, spec.url, level=1, found=worktrees)
+        _mark_safe_for_later_steps(git, worktrees)
         date = git.committer_dates[commit]
     results = {"commit": commit, "url": spec.url.url, "committer-date": date}
     write_results(results, termination_path=spec.termination_path, results_dir=spec.results_dir)
@@ -293,7 +296,10 @@ def _checkout(git: Git, spec: FetchSpec, commit: str, branch: str | None) -> Non
 # --- submodules -----------------------------------------------------------------------
 
 
-def _submodules(git: Git, spec: FetchSpec, repo: Path, parent: RepoUrl, *, level: int) -> None:
+def _submodules(
+    git: Git, spec: FetchSpec, repo: Path, parent: RepoUrl, *, level: int, found: list[Path]
+) -> None:
+    """Check out repo's submodules, recursively; each one's work tree is appended to found."""
     # The committed .gitmodules, not the work tree's: under --force an untracked one could
     # be lying there. (Checkout wrote a committed one, so without a file there is none.)
     if not (repo / ".gitmodules").is_file():
@@ -337,8 +343,37 @@ def _submodules(git: Git, spec: FetchSpec, repo: Path, parent: RepoUrl, *, level
         )
         git.net(["submodule", "update", "--init", "--", *paths], what="submodules", cwd=repo)
     for path in paths:
+        found.append(repo / path)
         sub_url = _resolve_url(entries_url(entries, path), parent, spec)
-        _submodules(git, spec, repo / path, sub_url, level=level + 1)
+        _submodules(git, spec, repo / path, sub_url, level=level + 1, found=found)
+
+
+def _mark_safe_for_later_steps(git: Git, worktrees: list[Path]) -> None:
+    """Name the checkout in $HOME/.gitconfig as a safe.directory, for the steps after us.
+
+    git refuses a repository that another user owns ("dubious ownership"), and only global
+    or system config can say otherwise. In a pod that is the rule, not the exception: this
+    image runs as 65532 while step images commonly run as root, and a checkout at /workspace
+    itself has a root-owned emptyDir as its work tree. creds-init wrote .gitconfig for the
+    same steps; a HOME git-init cannot write only costs a warning.
+    """
+    config = str(home() / ".gitconfig")
+    listed = git.output_or_none("config", "--file", config, "--get-all", "safe.directory")
+    known = set((listed or "").splitlines())
+    for worktree in worktrees:
+        if str(worktree) in known:
+            continue
+        try:
+            git.run("config", "--file", config, "--add", "safe.directory", str(worktree))
+        except StepkitError as exc:
+            log.warning(
+                "cannot name %s a safe.directory in %s; steps under another UID will see git "
+                "refuse it as owned by someone else (%s)",
+                worktree,
+                config,
+                exc,
+            )
+            return
 
 
 def entries_url(entries: dict[str, dict[str, str]], path: str) -> str:
