@@ -529,7 +529,8 @@ def test_adv09_url_password_is_used_and_never_shown_or_stored(
     assert "@" not in stored and "alice" not in stored
     home = site.tmp / "home"
     assert not (home / ".git-credentials").exists()
-    assert not (home / ".gitconfig").exists()
+    # .gitconfig holds only the checkout's safe.directory: no credential, no helper.
+    assert (home / ".gitconfig").read_text() == f"[safe]\n\tdirectory = {site.dest}\n"
     assert list(tmpdir.iterdir()) == [], "the askpass helper was left behind"
 
 
