@@ -75,7 +75,7 @@ def run(
         # Redacted, with its real line breaks (and carriage returns) kept for callers to
         # parse; escaping control characters is for whoever prints it.
         output = redact(_tail(err or out))
-        last = output.strip().splitlines()[-1] if output.strip() else ""
+        last = _error_line(output)
         raise CommandError(
             f"{args[0]} exited {proc.returncode}: {clean(last)}",
             argv=[shown],
@@ -83,6 +83,14 @@ def run(
             output=output,
         )
     return result
+
+
+def _error_line(output: str) -> str:
+    """The line that says what went wrong: the last `fatal:`/`error:` line (git and most
+    tools print advice after it), else the last line."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.lstrip().lower().startswith(("fatal:", "error:"))]
+    return (errors or lines or [""])[-1]
 
 
 def _decode(data: bytes) -> str:

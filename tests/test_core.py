@@ -16,8 +16,8 @@ import pytest
 
 from stepkit import log as steplog
 from stepkit import secret as secretreg
-from stepkit import validate
-from stepkit.errors import InputError, StepkitError
+from stepkit import subproc, validate
+from stepkit.errors import CommandError, InputError, StepkitError
 from stepkit.fsutil import SafeTree
 from stepkit.results import write_results
 from stepkit.secret import Secret
@@ -203,3 +203,16 @@ def test_nop_run_indefinitely_stops_on_sigterm() -> None:
     assert proc.poll() is None, "nop should keep running until signalled"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
+
+
+def test_command_error_names_the_fatal_line_not_the_advice_after_it(tmp_path: Path) -> None:
+    """git prints hints after its fatal line (e.g. "dubious ownership" + how to fix it)."""
+    script = (
+        "echo 'fatal: detected dubious ownership' >&2; echo 'To add an exception:' >&2; exit 128"
+    )
+    with pytest.raises(CommandError) as caught:
+        subproc.run(["sh", "-c", script], timeout=10)
+    assert str(caught.value) == "sh exited 128: fatal: detected dubious ownership"
+    with pytest.raises(CommandError) as caught:
+        subproc.run(["sh", "-c", "echo one >&2; echo 'the last word' >&2; exit 1"], timeout=10)
+    assert str(caught.value) == "sh exited 1: the last word"

@@ -82,7 +82,11 @@ $HOME. Exits non-zero with one line saying what went wrong; network failures are
     envvar="STEPKIT_TERMINATION_MESSAGE_PATH",
     default=None,
     metavar="FILE",
-    help=f"Where to write results as a termination message. [default: {contract.TERMINATION_LOG} when writable]",
+    help=(
+        "Where to write results as a termination message. [default: "
+        f"{contract.TEKTON_TERMINATION}, else {contract.TERMINATION_LOG}, the first that exists "
+        "and is writable]"
+    ),
 )
 @go_option(
     "results-dir",
