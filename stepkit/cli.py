@@ -33,6 +33,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Fetch one revision of a git repository into the workspace.",
     ),
+    "gcs-fetcher": (
+        "initializers.gcs.cli",
+        "command",
+        "Fetch an archive or a manifest of objects from Google Cloud Storage into the workspace.",
+    ),
+    "gcs-uploader": (
+        "builders.gcsupload.cli",
+        "command",
+        "Upload a directory to Google Cloud Storage as objects named by content, and a manifest.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.

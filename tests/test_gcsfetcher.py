@@ -1,0 +1,572 @@
+"""`stepkit gcs-fetcher` against real GCS peers: fake-gcs-server, gcp-storage-emulator, a fault proxy."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from stepkit import gcsmanifest
+from stepkit.gcs import Location
+from tests.conftest import STEPKIT, Run, run_stepkit
+from tests.gcspeers import FakeGcs, GcsFaultProxy, PyGcsEmulator
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
+    with FakeGcs(tmp_path_factory.mktemp("fake-gcs")) as gcs:
+        yield gcs
+
+
+@pytest.fixture
+def bucket(server: FakeGcs) -> str:
+    """A fresh versioned bucket per test on the module's fake-gcs-server."""
+    name = f"src-{next(_buckets)}"
+    server.make_bucket(name, versioning=True)
+    return name
+
+
+@pytest.fixture
+def proxy(server: FakeGcs) -> Iterator[GcsFaultProxy]:
+    with GcsFaultProxy(server) as front:
+        yield front
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    path = tmp_path / "workspace" / "src"
+    path.mkdir(parents=True)
+    return path
+
+
+def fetch(env: dict[str, str], *args: str, timeout: float = 60) -> Run:
+    return run_stepkit("gcs-fetcher", *args, env=env, timeout=timeout)
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under root with what it is: file content, 'dir', or '-> target'."""
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"-> {os.readlink(path)}"
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = path.read_bytes().decode(errors="replace")
+    return out
+
+
+def sha1hex(data: bytes) -> str:
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()
+
+
+def stat_value(stdout: str, name: str) -> str:
+    match = re.search(rf"^{re.escape(name)}:\s+(\S+)", stdout, re.MULTILINE)
+    assert match, f"no {name!r} line in the statistics block:\n{stdout}"
+    return match.group(1)
+
+
+def make_zip(files: dict[str, bytes], modes: dict[str, int] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = ((modes or {}).get(name, 0o644) | stat.S_IFREG) << 16
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def make_tgz(files: dict[str, bytes], modes: dict[str, int] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = (modes or {}).get(name, 0o644)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def put_manifest(
+    gcs: FakeGcs | PyGcsEmulator,
+    bucket: str,
+    files: dict[str, bytes],
+    *,
+    modes: dict[str, int] | None = None,
+    name: str = "manifest.json",
+) -> list[gcsmanifest.Entry]:
+    """Upload each file as an object named by its SHA-1 (as gcs-uploader does) and a manifest."""
+    entries = []
+    for path, data in files.items():
+        digest = sha1hex(data)
+        generation = gcs.put(bucket, f"objects/{digest}", data)
+        mode = (modes or {}).get(path, 0o644)
+        entries.append(
+            gcsmanifest.Entry(path, Location(bucket, f"objects/{digest}", generation), digest, mode)
+        )
+    gcs.put(bucket, name, gcsmanifest.dump(entries))
+    return entries
+
+
+def assert_no_staging(dest: Path) -> None:
+    assert not (dest / ".download").exists(), "the staging folder was left behind"
+
+
+# ---------------------------------------------------------------------------------------------
+# Each --type
+# ---------------------------------------------------------------------------------------------
+
+
+def test_zip_archive_extracted_with_modes_and_statistics(
+    server: FakeGcs, bucket: str, dest: Path
+) -> None:
+    data = make_zip(
+        {"app/main.py": b"print(1)\n", "app/run.sh": b"#!/bin/sh\n", "README": b"hi\n"},
+        {"app/run.sh": 0o4777},
+    )
+    server.put(bucket, "dir/src.zip", data)
+    result = fetch(
+        server.env,
+        "-type=ZipArchive",
+        f"-location=gs://{bucket}/dir/src.zip",
+        "-dest_dir",
+        str(dest),
+    )
+    assert result.returncode == 0, result.output
+    assert tree(dest) == {
+        "README": "hi\n",
+        "app": "dir",
+        "app/main.py": "print(1)\n",
+        "app/run.sh": "#!/bin/sh\n",
+    }
+    # setuid and world-writable bits from the archive never survive.
+    assert stat.S_IMODE((dest / "app/run.sh").stat().st_mode) == 0o755
+    assert stat_value(result.stdout, "Status") == "SUCCESS"
+    assert stat_value(result.stdout, "Total files") == "3"
+    assert stat_value(result.stdout, "Total retries") == "0"
+    assert "MiB/s throughput" in result.stdout
+    assert_no_staging(dest)
+
+
+def test_targz_archive_older_generation_while_a_newer_exists(
+    server: FakeGcs, bucket: str, dest: Path, tmp_path: Path
+) -> None:
+    old = server.put(bucket, "src.tgz", make_tgz({"version.txt": b"one\n"}))
+    new = server.put(bucket, "src.tgz", make_tgz({"version.txt": b"two\n"}))
+    result = fetch(
+        server.env, "--type", "TarGzArchive", "--location", f"gs://{bucket}/src.tgz#{old}",
+        "--dest_dir", str(dest),
+    )  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert tree(dest) == {"version.txt": "one\n"}
+    termination = tmp_path / "termination-log"
+    result = fetch(
+        server.env, "--type", "TarGzArchive", "--location", f"gs://{bucket}/src.tgz",
+        "--dest_dir", str(tmp_path / "again"), f"-terminationMessagePath={termination}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.output
+    # The result names the generation fetched, the newest here.
+    assert json.loads(termination.read_text()) == [
+        {"key": "location", "value": f"gs://{bucket}/src.tgz#{new}"}
+    ]
+    latest = tmp_path / "latest"
+    result = fetch(
+        server.env, "--type=TarGzArchive", f"--location=https://storage.googleapis.com/{bucket}/src.tgz",
+        f"--dest_dir={latest}",
+    )  # fmt: skip
+    # The https form names real GCS; with STORAGE_EMULATOR_HOST the emulator answers it.
+    assert result.returncode == 0, result.output
+    assert tree(latest) == {"version.txt": "two\n"}
+
+
+def test_archive_type_is_zip_and_deprecated(server: FakeGcs, bucket: str, dest: Path) -> None:
+    server.put(bucket, "a.zip", make_zip({"f": b"x"}))
+    env = {
+        **server.env,
+        "STEPKIT_GCS_LOCATION": f"gs://{bucket}/a.zip",
+        "STEPKIT_GCS_TYPE": "Archive",
+    }
+    result = run_stepkit("gcs-fetcher", "-timeout_gcs=false", cwd=dest, env=env)
+    assert result.returncode == 0, result.output
+    assert "deprecated" in result.stderr and "ZipArchive" in result.stderr
+    # No -dest_dir: the working directory, as the reference.
+    assert tree(dest) == {"f": "x"}
+
+
+def test_manifest_modes_symlinks_and_pinned_generation(
+    server: FakeGcs, bucket: str, dest: Path
+) -> None:
+    old = server.put(bucket, "objects/conf", b"old config\n")
+    server.put(bucket, "objects/conf", b"new config\n")
+    run_sh = server.put(bucket, "objects/run", b"#!/bin/sh\necho hi\n")
+    link = server.put(bucket, "objects/link", b"../bin/run.sh")
+    manifest = {
+        "etc/app.conf": {"sourceUrl": f"gs://{bucket}/objects/conf#{old}",
+                         "sha1sum": sha1hex(b"old config\n"), "mode": 0o600},
+        "bin/run.sh": {"SourceURL": f"gs://{bucket}/objects/run#{run_sh}",
+                       "Sha1Sum": sha1hex(b"#!/bin/sh\necho hi\n").upper(),
+                       "mode": 0o4775},
+        "lib/run": {"sourceUrl": f"gs://{bucket}/objects/link#{link}", "sha1sum": "",
+                    "mode": gcsmanifest.GO_MODE_SYMLINK | 0o777},
+    }  # fmt: skip
+    server.put(bucket, "m.json", json.dumps(manifest).encode())
+    result = fetch(server.env, "-type", "Manifest", "-location", f"gs://{bucket}/m.json",
+                   "-dest_dir", str(dest))  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert tree(dest) == {
+        "bin": "dir",
+        "bin/run.sh": "#!/bin/sh\necho hi\n",
+        "etc": "dir",
+        "etc/app.conf": "old config\n",
+        "lib": "dir",
+        "lib/run": "-> ../bin/run.sh",
+    }
+    assert stat.S_IMODE((dest / "bin/run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "etc/app.conf").stat().st_mode) == 0o644
+    assert (dest / "lib/run").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert stat_value(result.stdout, "Total files") == "3"
+    assert_no_staging(dest)
+
+
+def test_manifest_of_two_thousand_files(server: FakeGcs, bucket: str, dest: Path) -> None:
+    files = {f"pkg{i % 20}/mod{i}.py": f"# {i}\n".encode() * (1 + i % 7) for i in range(2000)}
+    modes = {path: 0o755 if i % 3 == 0 else 0o644 for i, path in enumerate(files)}
+    entries = []
+    client = server.client()
+
+    def upload(item: tuple[str, bytes]) -> gcsmanifest.Entry:
+        path, data = item
+        blob = client.bucket(bucket).blob(f"objects/{path}")
+        blob.upload_from_string(data)
+        return gcsmanifest.Entry(
+            path, Location(bucket, blob.name, int(blob.generation)),
+            sha1hex(data), modes[path],
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(16) as pool:
+        entries = list(pool.map(upload, files.items()))
+    server.put(bucket, "big.json", gcsmanifest.dump(entries))
+    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/big.json",
+                   f"-dest_dir={dest}", "-workers=64", timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.output
+    got = {
+        str(p.relative_to(dest)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+        for p in dest.rglob("*.py")
+    }
+    assert got == {path: (data, modes[path]) for path, data in files.items()}
+    assert stat_value(result.stdout, "Total files") == "2000"
+    assert stat_value(result.stdout, "Actual workers") == "64"
+
+
+def test_pure_python_emulator_archive_and_manifest(tmp_path: Path) -> None:
+    with PyGcsEmulator(tmp_path / "emu") as emu:
+        emu.make_bucket("pybucket")
+        emu.put("pybucket", "a.tgz", make_tgz({"x/y.txt": b"from tar\n"}))
+        put_manifest(emu, "pybucket", {"m/one": b"1\n", "m/two": b"2\n"}, modes={"m/two": 0o755})
+        archive_dest = tmp_path / "a"
+        result = fetch(emu.env, "-type=TarGzArchive", "-location=gs://pybucket/a.tgz",
+                       f"-dest_dir={archive_dest}")  # fmt: skip
+        assert result.returncode == 0, result.output
+        assert tree(archive_dest) == {"x": "dir", "x/y.txt": "from tar\n"}
+        manifest_dest = tmp_path / "m"
+        result = fetch(emu.env, "-type=Manifest", "-location=gs://pybucket/manifest.json",
+                       f"-dest_dir={manifest_dest}")  # fmt: skip
+        assert result.returncode == 0, result.output
+        assert tree(manifest_dest) == {"m": "dir", "m/one": "1\n", "m/two": "2\n"}
+        assert stat.S_IMODE((manifest_dest / "m/two").stat().st_mode) == 0o755
+
+
+def test_pure_python_emulator_pinned_generation_is_refused_not_replaced(tmp_path: Path) -> None:
+    # gcp-storage-emulator ignores ?generation=: the fetcher must notice, not hand out the
+    # live object in place of the one asked for.
+    with PyGcsEmulator(tmp_path / "emu") as emu:
+        emu.make_bucket("pybucket")
+        old = emu.put("pybucket", "a.zip", make_zip({"v": b"1"}))
+        emu.put("pybucket", "a.zip", make_zip({"v": b"2"}))
+        out = tmp_path / "out"
+        result = fetch(emu.env, "-type=ZipArchive", f"-location=gs://pybucket/a.zip#{old}",
+                       f"-dest_dir={out}")  # fmt: skip
+        assert result.returncode == 1, result.output
+        assert f"#{old}" in result.stderr
+        assert tree(out) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: nothing unverified lands in the destination
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sha1sum_mismatch_fails_and_leaves_dest_unchanged(
+    server: FakeGcs, bucket: str, dest: Path
+) -> None:
+    (dest / "keep.txt").write_text("mine\n")
+    entries = put_manifest(server, bucket, {"a": b"aaa", "b/c": b"ccc"})
+    bad = [gcsmanifest.Entry(e.path, e.source, "0" * 40 if e.path == "b/c" else e.sha1, e.mode)
+           for e in entries]  # fmt: skip
+    server.put(bucket, "bad.json", gcsmanifest.dump(bad))
+    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/bad.json",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 1, result.output
+    assert "'b/c'" in result.stderr and "sha1sum mismatch" in result.stderr
+    assert stat_value(result.stdout, "Status") == "FAILURE"
+    assert tree(dest) == {"keep.txt": "mine\n"}
+
+
+def test_corrupted_body_is_retried_then_fails(
+    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    server.put(bucket, "src.zip", make_zip({"f": b"x" * 5000}))
+    # Cut short and ended cleanly: the length looks right, only the checksum can tell.
+    proxy.fail("o/src.zip?alt=media", truncate=100, times=3)
+    result = fetch(proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+                   f"-dest_dir={dest}", "-retries=2", "-backoff=10ms")  # fmt: skip
+    assert result.returncode == 1, result.output
+    assert "crc32c mismatch" in result.stderr
+    assert "after 3 attempts" in result.stderr
+    assert proxy.count("o/src.zip?alt=media") == 3
+    assert stat_value(result.stdout, "Status") == "FAILURE"
+    assert stat_value(result.stdout, "Total retries") == "2"
+    assert tree(dest) == {}
+
+
+def test_truncated_body_with_reset_is_recovered(
+    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    server.put(bucket, "src.tgz", make_tgz({"f": os.urandom(50_000)}))
+    proxy.fail("o/src.tgz?alt=media", truncate=1000, reset=True)
+    result = fetch(proxy.env, "-type=TarGzArchive", f"-location=gs://{bucket}/src.tgz",
+                   f"-dest_dir={dest}", "-backoff=10ms")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert proxy.count("o/src.tgz?alt=media") == 2
+    assert stat_value(result.stdout, "Total retries") == "1"
+    assert len((dest / "f").read_bytes()) == 50_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Server answers: missing, denied, transient
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_object_and_missing_generation(server: FakeGcs, bucket: str, dest: Path) -> None:
+    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/nope.zip",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 1, result.output
+    assert f"gs://{bucket}/nope.zip: no such object" in result.stderr
+    assert stat_value(result.stdout, "Status") == "FAILURE"
+    gen = server.put(bucket, "there.zip", make_zip({"f": b"x"}))
+    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/there.zip#{gen + 7}",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 1, result.output
+    assert f"generation {gen + 7} of gs://{bucket}/there.zip: no such object" in result.stderr
+    assert tree(dest) == {}
+
+
+def test_permission_denied_exits_3_naming_the_permission(
+    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    put_manifest(server, bucket, {"a": b"1", "b": b"2"})
+    secret_digest = sha1hex(b"2")
+    proxy.deny(f"objects/{secret_digest}")
+    result = fetch(proxy.env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 3, result.output
+    assert "storage.objects.get" in result.stderr
+    assert "permission denied" in result.stderr
+    assert "roles/storage.objectViewer" in result.stderr
+    assert stat_value(result.stdout, "Status") == "FAILURE"
+    # A denial is not retried.
+    assert proxy.count(f"objects/{secret_digest}") == 1
+    assert tree(dest) == {}
+
+
+def test_5xx_and_resets_recovered_by_retry(
+    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    files = {f"f{i}": f"content {i}".encode() for i in range(6)}
+    put_manifest(server, bucket, files)
+    d1 = sha1hex(files["f1"])
+    d2 = sha1hex(files["f2"])
+    proxy.fail(f"objects/{d1}", status=503)
+    proxy.fail(f"objects/{d1}", status=429)
+    proxy.fail(f"objects/{d2}", reset=True)
+    proxy.fail("o/manifest.json?alt=media", status=500)
+    result = fetch(proxy.env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
+                   f"-dest_dir={dest}", "-backoff=10ms", "-workers=4")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert tree(dest) == {k: v.decode() for k, v in files.items()}
+    assert proxy.count(f"objects/{d1}") == 3
+    assert proxy.count(f"objects/{d2}") == 2
+    assert stat_value(result.stdout, "Total retries") == "4"
+
+
+def test_bounded_failure_when_retries_run_out(
+    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    server.put(bucket, "src.zip", make_zip({"f": b"x"}))
+    proxy.fail("o/src.zip?alt=media", status=503, times=50)
+    result = fetch(proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+                   f"-dest_dir={dest}", "-retries=2", "-backoff=1ms")  # fmt: skip
+    assert result.returncode == 1, result.output
+    assert "HTTP 503" in result.stderr and "after 3 attempts" in result.stderr
+    assert proxy.count("o/src.zip?alt=media") == 3
+    assert stat_value(result.stdout, "Total retries") == "2"
+    assert_no_staging(dest)
+    assert tree(dest) == {}
+
+
+def test_stalled_attempt_is_cancelled_and_retried(
+    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    server.put(bucket, "src.zip", make_zip({"f": b"fresh"}))
+    proxy.fail("o/src.zip?alt=media", stall=4)
+    result = fetch(proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+                   f"-dest_dir={dest}", "-timeout=1s", "-backoff=10ms", "-verbose")  # fmt: skip
+    assert result.returncode == 0, result.output
+    # The stalled request is still open in the proxy (it records a request once answered),
+    # so the retry shows in the fetcher's own log and statistics.
+    assert "timed out; retrying" in result.stderr
+    assert stat_value(result.stdout, "Total retries") == "1"
+    assert tree(dest) == {"f": "fresh"}
+
+
+def test_progress_lines_while_a_download_is_slow(
+    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    put_manifest(server, bucket, {"a": b"1", "b": b"2"})
+    proxy.fail(f"objects/{sha1hex(b'2')}", stall=2)
+    env = {**proxy.env, "STEPKIT_GCS_PROGRESS_SECONDS": "0.2"}
+    result = fetch(env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert re.search(r"progress: \d of 2 files, [0-9.]+ MiB, [0-9.]+ MiB/s", result.stderr)
+
+
+def test_gzip_encoded_object_is_verified_and_stored_decompressed(
+    server: FakeGcs, bucket: str, dest: Path
+) -> None:
+    blob = server.client().bucket(bucket).blob("notes.txt")
+    blob.content_encoding = "gzip"
+    blob.upload_from_string(gzip.compress(b"plain text\n"), content_type="text/plain")
+    server.put(bucket, "m.json", json.dumps({"notes.txt": {
+        "sourceUrl": f"gs://{bucket}/notes.txt#{blob.generation}",
+        "sha1sum": sha1hex(b"plain text\n"),
+    }}).encode())  # fmt: skip
+    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert tree(dest) == {"notes.txt": "plain text\n"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Staging and destination
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sigterm_during_a_stalled_download_cleans_up(
+    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    (dest / "keep").write_text("mine\n")
+    server.put(bucket, "src.zip", make_zip({"f": b"x"}))
+    proxy.fail("o/src.zip?alt=media", stall=60)
+    proc = subprocess.Popen(
+        [STEPKIT, "gcs-fetcher", "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+         f"-dest_dir={dest}", "-timeout=10m"],
+        env={**os.environ, **proxy.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # Wait until the metadata request was answered: the download is the stalled request.
+        while proxy.count("o/src.zip") < 1 and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        # Generous: a fetcher that waited out its read timeout (10 minutes) would hang here.
+        stdout, stderr = proc.communicate(timeout=45)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted" in stderr
+    assert "Status:                      FAILURE" in stdout
+    assert tree(dest) == {"keep": "mine\n"}
+
+
+def test_keep_source_keeps_the_archive(server: FakeGcs, bucket: str, dest: Path) -> None:
+    data = make_zip({"f": b"x"})
+    server.put(bucket, "src.zip", data)
+    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+                   f"-dest_dir={dest}", "-keep_source")  # fmt: skip
+    assert result.returncode == 0, result.output
+    kept = list((dest / ".download").glob("*/source.zip"))
+    assert [p.read_bytes() for p in kept] == [data]
+
+
+def test_custom_staging_folder_removed_on_failure(
+    server: FakeGcs, bucket: str, dest: Path, tmp_path: Path
+) -> None:
+    server.put(bucket, "bad.zip", b"this is not a zip file")
+    staging = tmp_path / "stage" / "here"
+    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/bad.zip",
+                   f"-dest_dir={dest}", f"-staging_folder={staging}")  # fmt: skip
+    assert result.returncode == 2, result.output
+    assert not staging.exists() and not staging.parent.exists()
+    assert tree(dest) == {}
+
+
+def test_planted_symlink_in_dest_is_not_written_through(
+    server: FakeGcs, bucket: str, dest: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sentinel").write_text("untouched\n")
+    (dest / "sub").symlink_to(outside)
+    server.put(bucket, "src.zip", make_zip({"sub/sentinel": b"PWNED", "sub/new": b"PWNED"}))
+    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 2, result.output
+    assert "symbolic link" in result.stderr
+    assert tree(outside) == {"sentinel": "untouched\n"}
+    entries = put_manifest(server, bucket, {"sub/new": b"PWNED"}, name="m.json")
+    assert entries
+    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 2, result.output
+    assert tree(outside) == {"sentinel": "untouched\n"}
+    assert_no_staging(dest)
+
+
+def test_large_object_in_parallel_ranges(server: FakeGcs, bucket: str, dest: Path) -> None:
+    blob = os.urandom(40 << 20)
+    server.put(bucket, "big.tgz", make_tgz({"blob.bin": blob}))
+    result = fetch(server.env, "-type=TarGzArchive", f"-location=gs://{bucket}/big.tgz",
+                   f"-dest_dir={dest}", "-verbose", timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert "ranges" in result.stderr
+    assert (
+        hashlib.sha256((dest / "blob.bin").read_bytes()).digest() == hashlib.sha256(blob).digest()
+    )
+
+
+def test_help_lists_every_flag() -> None:
+    result = run_stepkit("gcs-fetcher", "--help")
+    assert result.returncode == 0, result.output
+    for flag in ("--type", "--location", "--dest_dir", "--workers", "--retries", "--backoff",
+                 "--keep_source", "--staging_folder", "--verbose", "--allowed-buckets",
+                 "--allow-git", "--timeout", "STEPKIT_GCS_LOCATION"):  # fmt: skip
+        assert flag in result.stdout
