@@ -1,0 +1,1 @@
+"""`stepkit gcs-uploader`: a directory uploaded as content-addressed objects plus the manifest gcs-fetcher reads."""

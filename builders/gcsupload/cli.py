@@ -1,0 +1,128 @@
+"""`stepkit gcs-uploader`: cloud-builders gcs-uploader's flags, in every spelling Go's flag package accepts."""
+
+from __future__ import annotations
+
+import click
+
+from stepkit import contract
+from stepkit.clickutil import CONTEXT_SETTINGS, GoCommand, common_options, go_option
+
+
+@click.command(
+    "gcs-uploader",
+    cls=GoCommand,
+    context_settings=CONTEXT_SETTINGS,
+    help="""Upload a directory to Google Cloud Storage as a source manifest for gcs-fetcher.
+
+Each file becomes an object named by the SHA-1 of its content (in the manifest's bucket,
+under --object-prefix), uploaded only when no object of that name exists yet; then the
+manifest, which maps each path to its object pinned to a generation, is written to
+--location, last. Symlinks are kept as symlinks when they point inside --dir (the object
+holds the link target); files keep their permission bits. Empty directories cannot be
+represented in a manifest and are skipped with a warning; named pipes, sockets and
+devices are refused. The manifest's gs://...#generation is written as the result
+"manifest". Credentials: application default credentials, anonymous when there are none;
+STORAGE_EMULATOR_HOST is honoured.""",
+)
+@go_option(
+    "dir",
+    envvar="STEPKIT_GCS_UPLOAD_DIR",
+    default=".",
+    show_default=True,
+    metavar="DIR",
+    help="Directory of files to upload.",
+)
+@go_option(
+    "location",
+    envvar="STEPKIT_GCS_UPLOAD_LOCATION",
+    default="",
+    metavar="URL",
+    help="Where to write the manifest: gs://BUCKET/path/manifest.json (no #generation). Required.",
+)
+@go_option(
+    "object-prefix",
+    envvar="STEPKIT_GCS_UPLOAD_OBJECT_PREFIX",
+    default="",
+    metavar="PREFIX",
+    help="Prefix of the content objects' names, e.g. 'sources/'. [default: none, objects at the "
+    "bucket's root as cloud-builders' gcs-uploader names them]",
+)
+@go_option(
+    "workers",
+    envvar="STEPKIT_GCS_UPLOAD_WORKERS",
+    type=click.IntRange(min=1, max=1000),
+    default=200,
+    show_default=True,
+    help="Objects uploaded in parallel (threads sharing one client and connection pool).",
+)
+@go_option(
+    "retries",
+    envvar="STEPKIT_GCS_UPLOAD_RETRIES",
+    type=click.IntRange(min=0, max=20),
+    default=3,
+    show_default=True,
+    help="Retries of a request that failed with 408, 429, 5xx, a reset or a corrupted transfer.",
+)
+@go_option(
+    "backoff",
+    envvar="STEPKIT_GCS_UPLOAD_BACKOFF",
+    type=click.FloatRange(min=0),
+    default=0.1,
+    show_default=True,
+    help="Seconds before the first retry; doubled each time, with jitter.",
+)
+@go_option(
+    "timeout",
+    envvar="STEPKIT_GCS_UPLOAD_TIMEOUT",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    help="Seconds one request may take.",
+)
+@go_option(
+    "terminationMessagePath",
+    envvar="STEPKIT_TERMINATION_MESSAGE_PATH",
+    default=None,
+    metavar="FILE",
+    help=(
+        "Where to write results as a termination message. [default: "
+        f"{contract.TEKTON_TERMINATION}, else {contract.TERMINATION_LOG}, the first that exists "
+        "and is writable]"
+    ),
+)
+@go_option(
+    "results-dir",
+    envvar="STEPKIT_RESULTS_DIR",
+    default=None,
+    metavar="DIR",
+    help="Also write each result to DIR/<key> (Tekton: /tekton/results).",
+)
+@common_options
+def command(
+    dir: str,
+    location: str,
+    object_prefix: str,
+    workers: int,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    terminationmessagepath: str | None,
+    results_dir: str | None,
+) -> int:
+    from builders.gcsupload import spec as specmod
+    from builders.gcsupload.upload import run
+
+    spec = specmod.UploadSpec(
+        dir=specmod.resolve_dir(dir),
+        manifest=specmod.parse_manifest_location(location),
+        prefix=specmod.parse_prefix(object_prefix),
+        workers=workers,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+        termination_path=terminationmessagepath
+        if terminationmessagepath is not None
+        else contract.default_termination_path(),
+        results_dir=results_dir,
+    )
+    return run(spec)

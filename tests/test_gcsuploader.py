@@ -1,0 +1,428 @@
+"""stepkit gcs-uploader against a real fake-gcs-server: content-addressed objects, the manifest, faults, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stepkit import gcsmanifest
+from stepkit.gcs import parse_location
+from tests.conftest import Run, run_stepkit
+from tests.gcspeers import FakeGcs, GcsFaultProxy
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
+    with FakeGcs(tmp_path_factory.mktemp("gcs")) as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(gcs: FakeGcs) -> Iterator[GcsFaultProxy]:
+    with GcsFaultProxy(gcs) as p:
+        yield p
+
+
+@pytest.fixture
+def bucket(gcs: FakeGcs) -> str:
+    name = f"upload-{next(_buckets)}"
+    gcs.make_bucket(name)
+    return name
+
+
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()  # noqa: S324 -- the manifest's own digest
+
+
+def make_tree(root: Path) -> dict[str, bytes | str]:
+    """A source tree; returns path -> content (bytes) or symlink target (str)."""
+    files: dict[str, bytes] = {
+        "README.md": b"# hello\n",
+        "empty.txt": b"",
+        "src/main.py": b"print('hi')\n" * 50,
+        "src/pkg/deep/nested/mod.py": os.urandom(70_000),
+        "src/copy-of-main.py": b"print('hi')\n" * 50,  # same content: one object
+        "bin/run.sh": b"#!/bin/sh\necho run\n",
+        "données/日本語 ñame.txt": "unicode ✓\n".encode(),
+        # Above google-cloud-storage's 8 MiB multipart limit: a resumable upload.
+        "big.bin": os.urandom(9 * 1024 * 1024 + 17),
+    }
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o644)
+    (root / "bin/run.sh").chmod(0o755)
+    links = {
+        "link-to-readme": "README.md",
+        "src/pkg/up": "../main.py",
+        "bin/srcdir": "../src",  # a link to a directory stays a link, never followed
+        "dangling": "not-there-yet",
+    }
+    for rel, target in links.items():
+        os.symlink(target, root / rel)
+    out: dict[str, bytes | str] = dict(files)
+    out.update(links)
+    return out
+
+
+def upload(src: Path, location: str, env: dict[str, str], *args: str) -> Run:
+    """Results go to <src>/../termination, never to a real /dev/termination-log."""
+    return run_stepkit(
+        "gcs-uploader",
+        "--dir",
+        str(src),
+        "--location",
+        location,
+        "--terminationMessagePath",
+        str(src.parent / "termination"),
+        *args,
+        env=env,
+    )
+
+
+def manifest_of(
+    gcs: FakeGcs, bucket: str, name: str = "m/manifest.json"
+) -> list[gcsmanifest.Entry]:
+    return gcsmanifest.parse(gcs.get(bucket, name), what="manifest")
+
+
+def uploads(proxy: GcsFaultProxy) -> int:
+    return sum(1 for r in proxy.requests if r.method in ("POST", "PUT") and "/upload/" in r.path)
+
+
+def test_upload_tree(gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    tree = make_tree(src)
+    (src / "nothing-here").mkdir()
+    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env, "--workers", "4")
+    assert run.returncode == 0, run.output
+    # big.bin went as a resumable upload, the rest as single requests; all conditional.
+    assert [r.method for r in proxy.requests if "uploadType=resumable" in r.path] == ["POST", "PUT"]
+    posts = [r.path for r in proxy.requests if r.method == "POST" and "/upload/" in r.path]
+    conditional = [p for p in posts if "ifGenerationMatch=0" in p]
+    assert len(posts) - len(conditional) == 1, "only the manifest is written unconditionally"
+    assert "'nothing-here'" in run.stderr and "empty directory" in run.stderr
+
+    entries = {e.path: e for e in manifest_of(gcs, bucket)}
+    assert set(entries) == set(tree)
+    for path, content in tree.items():
+        entry = entries[path]
+        data = content.encode() if isinstance(content, str) else content
+        assert entry.sha1 == sha1(data), path
+        assert entry.source.bucket == bucket
+        assert entry.source.name == sha1(data), "objects are named by their SHA-1 at the root"
+        assert entry.source.generation is not None
+        assert gcs.get(bucket, entry.source.name, entry.source.generation) == data
+        if isinstance(content, str):
+            assert entry.mode == gcsmanifest.GO_MODE_SYMLINK | 0o777, path
+        else:
+            assert entry.mode == (0o755 if path == "bin/run.sh" else 0o644), path
+    # One object per distinct content, plus the manifest; nothing else in the bucket.
+    contents = {c.encode() if isinstance(c, str) else c for c in tree.values()}
+    assert len(conditional) == len(contents)
+    assert gcs.names(bucket) == sorted([*(sha1(c) for c in contents), "m/manifest.json"])
+
+    result = json.loads((tmp_path / "termination").read_text())
+    [item] = [r for r in result if r["key"] == "manifest"]
+    where = parse_location(item["value"], what="result")
+    assert (where.bucket, where.name) == (bucket, "m/manifest.json")
+    assert where.generation is not None
+    assert gcsmanifest.parse(gcs.get(bucket, where.name, where.generation), what="m")
+    assert "8 files and 4 symlinks" in run.stderr
+
+
+def test_second_upload_sends_nothing_new_and_a_change_sends_one(
+    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}.txt").write_bytes(f"file {i}\n".encode())
+    location = f"gs://{bucket}/m/manifest.json"
+    first = upload(src, location, proxy.env)
+    assert first.returncode == 0, first.output
+    assert uploads(proxy) == 21
+    before = {e.path: e for e in manifest_of(gcs, bucket)}
+
+    proxy.requests.clear()
+    second = upload(src, location, proxy.env)
+    assert second.returncode == 0, second.output
+    assert uploads(proxy) == 1, "only the manifest is written again"
+    # One metadata read per object already present, and nothing else about objects.
+    assert sum(1 for r in proxy.requests if "/o/" in r.path) == 20
+    assert "0 uploaded" in second.stderr and "20 already present" in second.stderr
+    assert {e.path: e for e in manifest_of(gcs, bucket)} == before
+
+    (src / "f7.txt").write_bytes(b"changed\n")
+    proxy.requests.clear()
+    third = upload(src, location, proxy.env)
+    assert third.returncode == 0, third.output
+    assert uploads(proxy) == 2, "the changed file's object and the manifest"
+    after = {e.path: e for e in manifest_of(gcs, bucket)}
+    assert after["f7.txt"].source.name == sha1(b"changed\n")
+    assert gcs.get(bucket, sha1(b"changed\n")) == b"changed\n"
+    assert {p: e for p, e in after.items() if p != "f7.txt"} == {
+        p: e for p, e in before.items() if p != "f7.txt"
+    }
+
+
+def test_object_prefix_and_results_dir(gcs: FakeGcs, bucket: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    results = tmp_path / "results"
+    # Go's flag spellings and the environment variables, as a Build would give them.
+    run = run_stepkit(
+        "gcs-uploader",
+        f"-results-dir={results}",
+        "-terminationMessagePath",
+        str(tmp_path / "termination"),
+        env={
+            **gcs.env,
+            "STEPKIT_GCS_UPLOAD_DIR": str(src),
+            "STEPKIT_GCS_UPLOAD_LOCATION": f"https://storage.googleapis.com/{bucket}/m/manifest.json",
+            "STEPKIT_GCS_UPLOAD_OBJECT_PREFIX": "cas/",
+        },
+    )
+    assert run.returncode == 0, run.output
+    assert gcs.names(bucket) == [f"cas/{sha1(b'a')}", "m/manifest.json"]
+    [entry] = manifest_of(gcs, bucket)
+    assert entry.source.name == f"cas/{sha1(b'a')}"
+    assert (results / "manifest").read_text().startswith(f"gs://{bucket}/m/manifest.json#")
+
+
+def test_object_with_wrong_content_is_replaced(gcs: FakeGcs, bucket: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"the real content\n")
+    name = sha1(b"the real content\n")
+    gcs.put(bucket, name, b"something else")
+    run = upload(src, f"gs://{bucket}/m/manifest.json", gcs.env)
+    assert run.returncode == 0, run.output
+    assert "other content than its name says" in run.stderr
+    [entry] = manifest_of(gcs, bucket)
+    assert gcs.get(bucket, name, entry.source.generation) == b"the real content\n"
+
+
+def _symlink_out(src: Path) -> str:
+    os.symlink("../outside", src / "escape")
+    return "'escape'"
+
+
+def _symlink_absolute(src: Path) -> str:
+    os.symlink("/etc/passwd", src / "abs")
+    return "'abs'"
+
+
+def _symlink_out_through_link(src: Path) -> str:
+    (src / "d").mkdir()
+    os.symlink("..", src / "d" / "up")  # inside: d/.. is the root
+    os.symlink("up/..", src / "d" / "sneaky")  # lexically d/, really the root's parent
+    return "'d/sneaky'"
+
+
+def _fifo(src: Path) -> str:
+    (src / "sub").mkdir()
+    os.mkfifo(src / "sub" / "pipe")
+    return "'sub/pipe'"
+
+
+def _socket(src: Path) -> str:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    sock.close()
+    return "'sock'"
+
+
+def _backslash(src: Path) -> str:
+    (src / "a\\b.txt").write_bytes(b"x")
+    return "a\\b.txt"
+
+
+def _newline(src: Path) -> str:
+    (src / "evil\nname").write_bytes(b"x")
+    return "evil\\nname"
+
+
+def _drive(src: Path) -> str:
+    (src / "C:evil").write_bytes(b"x")
+    return "C:evil"
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        _symlink_out,
+        _symlink_absolute,
+        _symlink_out_through_link,
+        _fifo,
+        _socket,
+        _backslash,
+        _newline,
+        _drive,
+    ],
+)
+def test_hostile_tree_is_refused_before_any_upload(
+    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path, plant: Callable[[Path], str]
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fine.txt").write_bytes(b"fine")
+    named = plant(src)
+    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env)
+    assert run.returncode == 2, run.output
+    [line] = run.stderr.strip().splitlines()
+    assert named in line, line
+    assert proxy.requests == [], "refused before any request"
+    assert gcs.names(bucket) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--location", "gs://BAD_bucket/m.json"], "--location"),
+        (["--location", "gs://bucket-ok"], "--location"),
+        (["--location", "gs://bucket-ok/m.json#12"], "--location"),
+        (["--location", "http://example.com/m.json"], "--location"),
+        (["--location", ""], "--location"),
+        (["--location", "gs://bucket-ok/m.json", "--dir", "/nonexistent/dir"], "--dir"),
+        (["--location", "gs://bucket-ok/m.json", "--object-prefix", "../x/"], "--object-prefix"),
+        (["--location", "gs://bucket-ok/m.json", "--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_flags_exit_2(
+    proxy: GcsFaultProxy, tmp_path: Path, args: list[str], named: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    full = ["--dir", str(src), *args] if "--dir" not in args else args
+    run = run_stepkit("gcs-uploader", *full, env=proxy.env)
+    assert run.returncode == 2, run.output
+    assert named in run.stderr.strip().splitlines()[-1]
+    assert proxy.requests == []
+
+
+def test_dir_that_is_a_file(proxy: GcsFaultProxy, tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    run = upload(tmp_path / "file", "gs://bucket-ok/m.json", proxy.env)
+    assert run.returncode == 2, run.output
+    assert "--dir" in run.stderr and "not a directory" in run.stderr
+
+
+def test_permission_denied_exits_3(
+    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    proxy.deny("/upload/")
+    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env)
+    assert run.returncode == 3, run.output
+    assert "storage.objects.create" in run.stderr
+    assert gcs.names(bucket) == []
+
+
+def test_read_denied_exits_3(
+    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    proxy.deny(f"/o/{sha1(b'a')}")
+    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env)
+    assert run.returncode == 3, run.output
+    assert "storage.objects.get" in run.stderr
+    assert gcs.names(bucket) == []
+
+
+def test_5xx_and_resets_are_retried(
+    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    (src / "b.txt").write_bytes(b"b")
+    proxy.fail("/upload/", status=503, times=2)
+    proxy.fail(f"/o/{sha1(b'b')}", reset=True)
+    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env)
+    assert run.returncode == 0, run.output
+    assert "3 retries" in run.stderr
+    assert {e.path for e in manifest_of(gcs, bucket)} == {"a.txt", "b.txt"}
+
+
+def test_retries_run_out_leave_no_manifest(
+    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    proxy.fail("/upload/", status=503, times=50)
+    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env, "--retries", "2")
+    assert run.returncode == 1, run.output
+    assert "after 2 retries" in run.stderr
+    assert proxy.count("/upload/") == 3
+    assert gcs.names(bucket) == []
+
+
+def test_missing_bucket_fails(proxy: GcsFaultProxy, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    run = upload(src, "gs://no-such-bucket/m.json", proxy.env)
+    assert run.returncode == 1, run.output
+    assert "no-such-bucket" in run.stderr.strip().splitlines()[-1]
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int | str | bytes]]:
+    out: dict[str, tuple[str, int | str | bytes]] = {}
+    paths = [Path(d, n) for d, dirs, files in os.walk(root) for n in [*dirs, *files]]
+    for path in sorted(paths):
+        rel = path.relative_to(root).as_posix()
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(path))
+        elif stat.S_ISREG(st.st_mode):
+            out[rel] = ("file", path.read_bytes())
+            out[rel + " mode"] = ("mode", stat.S_IMODE(st.st_mode))
+    return out
+
+
+def test_round_trip_through_gcs_fetcher(gcs: FakeGcs, bucket: str, tmp_path: Path) -> None:
+    """What issue 5 asks for: upload, then fetch into an empty directory, reproduces the tree."""
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    run = upload(src, f"gs://{bucket}/m/manifest.json", gcs.env)
+    assert run.returncode == 0, run.output
+    [result] = json.loads((tmp_path / "termination").read_text())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    fetch = run_stepkit(
+        "gcs-fetcher",
+        "--type",
+        "Manifest",
+        "--location",
+        result["value"],
+        "--dest_dir",
+        str(dest),
+        env=gcs.env,
+    )
+    assert fetch.returncode == 0, fetch.output
+    fetched = _snapshot(dest)
+    assert fetched == _snapshot(src)
+    assert fetched["bin/srcdir"] == ("link", "../src")
+    assert fetched["bin/run.sh mode"] == ("mode", 0o755)
+    assert fetched["données/日本語 ñame.txt"] == ("file", "unicode ✓\n".encode())
