@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 stamps=$(dirname "$context")/built
 repo=${IMAGE_REPO:-localhost/stepkit}
 version=${VERSION:?VERSION is not set}
-helpers=${HELPERS:-nop creds-init git-init}
+helpers=${HELPERS:-nop creds-init git-init gcs-fetcher}
 driver=${STORAGE_DRIVER:-vfs}
 builder=${IMAGE_BUILDER:-}
 if [ -z "$builder" ]; then
@@ -54,7 +54,8 @@ build() {
     key=$({
         echo "$builder $driver ${layers:-} $parent $parent_id $*"
         cat "$file"
-        [ "$name" != base ] || (cd "$context" && sha256sum -- *)
+        # Images that COPY the context (base, and gcs-fetcher for its own wheels) depend on it.
+        ! grep -q '^COPY \. ' "$file" || (cd "$context" && sha256sum -- *)
     } | sha256sum | cut -d' ' -f1)
     if [ -n "$parent_id" ] && [ -f "$stamps/$name" ] \
         && [ "$(cat "$stamps/$name")" = "$key $(image_id "$tag")" ]; then

@@ -9,8 +9,12 @@ arguments are the ones the Knative Build controller generates (SPEC §0-§2, §5
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ import pytest
 
 from stepkit import __version__
 from tests.conftest import Secrets, assert_no_leak
+from tests.gcspeers import FakeGcs
 from tests.images import (
     POD_HOME,
     POD_SECRETS,
@@ -325,3 +330,88 @@ def test_ssh_runs_under_a_uid_without_passwd_entry(images: dict[str, str], tmp_p
         .read_text()
         .endswith("builder:x:1000630000:0:stepkit build user:/builder/home:/bin/sh\n")
     )
+
+
+def _tar_gz(files: dict[str, tuple[int, bytes]], links: dict[str, str]) -> bytes:
+    """A .tar.gz of files {name: (mode, content)} and symlinks {name: target}."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, (mode, content) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), mode
+            archive.addfile(info, io.BytesIO(content))
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("user", USERS, ids=["uid-65532", "arbitrary-uid"])
+def test_gcs_source_in_the_pod(images: dict[str, str], tmp_path: Path, user: str) -> None:
+    """Knative's GCS source: the gcs-fetcher image with the controller's args, then a step, then nop.
+
+    An archive pinned to an older generation while a newer one exists, and a manifest.
+    """
+    pod = Pod(emptydir(tmp_path / "ws"), emptydir(tmp_path / "home"), Secrets(tmp_path), user)
+    with FakeGcs(tmp_path / "gcs") as gcs:
+        gcs.make_bucket("stepkit-sources", versioning=True)
+        files = {"app/run.sh": (0o4755, b"#!/bin/sh\necho run\n"), "app/README": (0o644, b"v1\n")}
+        old = gcs.put("stepkit-sources", "src.tgz", _tar_gz(files, {"app/link": "README"}))
+        gcs.put("stepkit-sources", "src.tgz", _tar_gz({"app/README": (0o644, b"v2\n")}, {}))
+        res = run(
+            images,
+            "gcs-fetcher",
+            [
+                "--type",
+                "TarGzArchive",
+                "--location",
+                f"gs://stepkit-sources/src.tgz#{old}",
+                "--dest_dir",
+                "/workspace/archive",
+            ],
+            pod,
+            env=gcs.env,
+        )
+        assert res.returncode == 0, res.stderr
+        app = pod.workspace / "archive" / "app"
+        assert (app / "README").read_bytes() == b"v1\n"  # the generation asked for, not the newest
+        assert os.readlink(app / "link") == "README"
+        assert (app / "run.sh").stat().st_mode & 0o7777 == 0o755  # setuid stripped
+        assert (app / "README").stat().st_uid == int(user.split(":")[0])
+
+        blob = gcs.put("stepkit-sources", "objects/readme", b"from a manifest\n")
+        manifest = {
+            "docs/README": {
+                "sourceUrl": f"gs://stepkit-sources/objects/readme#{blob}",
+                "sha1sum": hashlib.sha1(b"from a manifest\n", usedforsecurity=False).hexdigest(),
+                "mode": 0o644,
+            }
+        }
+        gcs.put("stepkit-sources", "manifest.json", json.dumps(manifest).encode())
+        res = run(
+            images,
+            "gcs-fetcher",
+            ["--type=Manifest", "--location=gs://stepkit-sources/manifest.json"],
+            pod,
+            env=gcs.env,
+        )
+        assert res.returncode == 0, res.stderr
+        assert (pod.workspace / "docs" / "README").read_bytes() == b"from a manifest\n"
+
+        # A step sees the files; a missing object fails through the entrypoint, nothing added.
+        res = run(images, "base", ["sh", "-c", "cat archive/app/link docs/README"], pod)
+        assert res.stdout == "v1\nfrom a manifest\n", res.stderr
+        before = sorted(p.name for p in pod.workspace.iterdir())
+        res = run(
+            images,
+            "gcs-fetcher",
+            ["--type=TarGzArchive", "--location=gs://stepkit-sources/nope.tgz", "--retries=0"],
+            pod,
+            env=gcs.env,
+        )
+        assert res.returncode == 1, res.stderr
+        assert "gs://stepkit-sources/nope.tgz" in res.stderr
+        assert sorted(p.name for p in pod.workspace.iterdir()) == before
+    res = run(images, "nop", [], pod)
+    assert (res.returncode, res.stdout) == (0, "Build successful\n"), res.stderr
