@@ -2,18 +2,19 @@
 
 `gs://bucket/object`, `gs://bucket/object#generation`, and
 `https://storage.googleapis.com/bucket/object` (percent-encoded, as a browser copies it).
-google-cloud-storage itself is imported only by the commands that talk to GCS:
-`open_client()` builds one client (application default credentials, anonymous when
-there are none or when STORAGE_EMULATOR_HOST points at an emulator) and `GcsClient`
-gives the JSON API's object reads with stepkit's error mapping (401/403 exit 3 naming
+`open_client()` builds the one reader a fetch uses (application default credentials,
+anonymous when there are none or when STORAGE_EMULATOR_HOST points at an emulator), and
+`GcsClient` gives the JSON API's object reads with stepkit's error mapping (401/403 exit 3 naming
 the permission, 404 naming object and generation, 408/429/5xx retryable).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -156,27 +157,74 @@ def parse_goog_hash(header: str) -> dict[str, bytes]:
     return out
 
 
-class GcsClient:
-    """One google-cloud-storage client and its HTTP session, shared by every worker thread.
+class Response:
+    """A streaming answer to one read: status, headers, and the urllib3 response as `raw`."""
 
-    Object reads go through the client's own authorised session (credentials refresh,
-    emulator host, user agent) but are streamed by the caller, so a caller can enforce a
-    deadline per attempt and verify bytes as they arrive.
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    @property
+    def status_code(self) -> int:
+        return int(self.raw.status)
+
+    @property
+    def headers(self) -> Any:
+        return self.raw.headers  # case-insensitive
+
+    @property
+    def text(self) -> str:
+        return bytes(self.raw.read(4096, decode_content=True)).decode(errors="replace")
+
+    def close(self) -> None:
+        """Return the connection to the pool when the body was read to its end, else drop it."""
+        if self.raw.length_remaining != 0:
+            self.raw.close()  # unread bytes: the connection cannot carry another request
+        self.raw.release_conn()
+
+
+class GcsClient:
+    """Object reads over the JSON API, shared by every worker thread.
+
+    Not google-cloud-storage: its client, requests and their per-request work cost a fetch
+    of many small objects twice the CPU of urllib3 used directly (bench/gcs_fetch.py), and
+    its import alone is 150 ms of every fetch. Credentials are google-auth's (refreshed under
+    a lock when they expire), proxies come from the environment as with requests, and the
+    connection pool holds one connection per worker.
     """
 
-    def __init__(self, client: Any, *, pool_size: int) -> None:
-        import requests.adapters
+    def __init__(self, credentials: Any, *, base_url: str, pool_size: int) -> None:
+        import urllib3
 
-        self.client = client
-        self.session: Any = client._http
-        # requests keeps 10 connections per host by default; with more workers than that
-        # every extra request would open and drop a connection.
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=4, pool_maxsize=max(pool_size, 10), max_retries=0
+        from stepkit import __version__
+
+        self.credentials = credentials
+        self.base_url = base_url.rstrip("/")
+        self._lock = threading.Lock()
+        self._user_agent = f"stepkit/{__version__}"
+        kwargs: dict[str, Any] = {"maxsize": max(pool_size, 1), "retries": False, "block": False}
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+        if ca_bundle:
+            kwargs["ca_certs"] = ca_bundle
+        elif self.base_url.startswith("https:"):
+            import certifi  # what requests (and so google-cloud-storage) trusts by default
+
+            kwargs["ca_certs"] = certifi.where()
+        proxy = _proxy_for(self.base_url)
+        self.http: Any = (
+            urllib3.ProxyManager(proxy, **kwargs) if proxy else urllib3.PoolManager(**kwargs)
         )
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
-        self.base_url: str = str(client._connection.API_BASE_URL).rstrip("/")
+
+    def _headers(self, url: str, extra: dict[str, str]) -> dict[str, str]:
+        headers = {"User-Agent": self._user_agent, **extra}
+        if self.credentials is not None:
+            with self._lock:  # one refresh at a time; the token is shared by every worker
+                import importlib
+
+                transport: Any = importlib.import_module("google.auth.transport.urllib3")
+                self.credentials.before_request(transport.Request(self.http), "GET", url, headers)
+        return headers
 
     def _object_path(self, loc: Location) -> str:
         return f"b/{quote(loc.bucket, safe='')}/o/{quote(loc.name, safe='')}"
@@ -189,24 +237,29 @@ class GcsClient:
         end: int | None = None,
         connect_timeout: float,
         read_timeout: float,
-    ) -> Any:
+    ) -> Response:
         """An open streaming response for the object's bytes (end inclusive); the caller closes it.
 
         Raises the mapped error for a non-2xx answer (the response is closed then).
         """
-        # The query is written out, not passed as params=: requests' encoding of it is a
-        # quarter of the cost of a small download.
+        import urllib3
+
         query = "alt=media" if loc.generation is None else f"alt=media&generation={loc.generation}"
+        url = f"{self.base_url}/download/storage/v1/{self._object_path(loc)}?{query}"
         # The stored bytes, not a server-side decompressed copy: X-Goog-Hash is of those.
-        headers = {"Accept-Encoding": "gzip"}
+        extra = {"Accept-Encoding": "gzip"}
         if start is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        resp = self.session.request(
-            "GET",
-            f"{self.base_url}/download/storage/v1/{self._object_path(loc)}?{query}",
-            headers=headers,
-            stream=True,
-            timeout=(connect_timeout, read_timeout),
+            extra["Range"] = f"bytes={start}-{'' if end is None else end}"
+        resp = Response(
+            self.http.request(
+                "GET",
+                url,
+                headers=self._headers(url, extra),
+                preload_content=False,
+                decode_content=False,
+                redirect=False,
+                timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            )
         )
         if not 200 <= resp.status_code < 300:
             reason = _reason(resp)
@@ -216,25 +269,40 @@ class GcsClient:
 
     def metadata(self, loc: Location, *, timeout: float) -> dict[str, Any]:
         """The object's JSON resource (size, generation, crc32c, md5Hash, ...)."""
-        params: dict[str, str] = {}
-        if loc.generation is not None:
-            params["generation"] = str(loc.generation)
-        resp = self.session.request(
+        import urllib3
+
+        query = "" if loc.generation is None else f"?generation={loc.generation}"
+        url = f"{self.base_url}/storage/v1/{self._object_path(loc)}{query}"
+        raw = self.http.request(
             "GET",
-            f"{self.base_url}/storage/v1/{self._object_path(loc)}",
-            params=params,
-            timeout=(min(timeout, 30.0), timeout),
+            url,
+            headers=self._headers(url, {}),
+            redirect=False,
+            timeout=urllib3.Timeout(connect=min(timeout, 30.0), read=timeout),
         )
         try:
-            check_status(resp.status_code, loc, reason=_reason(resp))
-            data = resp.json()
+            check_status(raw.status, loc, reason=printable(" ".join(_text(raw.data).split())))
+            data = json.loads(raw.data)
         except ValueError:
             raise TransientError(f"{loc}: metadata is not JSON") from None
-        finally:
-            resp.close()
         if not isinstance(data, dict):
             raise TransientError(f"{loc}: metadata is not a JSON object")
         return data
+
+
+def _text(data: bytes) -> str:
+    return data[:200].decode(errors="replace")
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for url (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as requests does."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    bypass: Any = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if bypass(parts.netloc):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
 
 
 def _reason(resp: Any) -> str:
@@ -246,24 +314,17 @@ def _reason(resp: Any) -> str:
 
 
 def open_client(*, pool_size: int = 10) -> GcsClient:
-    """The one client a command uses: ADC when there are any, else anonymous (public buckets)."""
-    import importlib
-
+    """The one client a command uses: the emulator's when STORAGE_EMULATOR_HOST is set
+    (anonymous), else application default credentials, else anonymous (public buckets)."""
+    emulator = os.environ.get(EMULATOR_ENV, "").strip()
+    if emulator:
+        base = emulator if "://" in emulator else f"http://{emulator}"
+        return GcsClient(None, base_url=base, pool_size=pool_size)
     import google.auth
     import google.auth.exceptions
 
-    # Through importlib: google-cloud-storage ships no type information, and every use
-    # here is a documented call.
-    storage: Any = importlib.import_module("google.cloud.storage")
-    anonymous: Any = importlib.import_module("google.auth.credentials").AnonymousCredentials
-
-    if os.environ.get(EMULATOR_ENV):
-        client = storage.Client(project="<none>", credentials=anonymous())
-    else:
-        try:
-            credentials, project = google.auth.default(scopes=[READ_ONLY_SCOPE])
-        except google.auth.exceptions.DefaultCredentialsError:
-            client = storage.Client.create_anonymous_client()
-        else:
-            client = storage.Client(project=project or "<none>", credentials=credentials)
-    return GcsClient(client, pool_size=pool_size)
+    try:
+        credentials, _project = google.auth.default(scopes=[READ_ONLY_SCOPE])
+    except google.auth.exceptions.DefaultCredentialsError:
+        credentials = None
+    return GcsClient(credentials, base_url=f"https://{HTTPS_HOST}", pool_size=pool_size)

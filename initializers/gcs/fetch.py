@@ -477,21 +477,19 @@ def _crc32c() -> Any:
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
-    import requests
     import urllib3.exceptions
 
-    return (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+    return (urllib3.exceptions.HTTPError, OSError)
 
 
 def _describe(exc: BaseException) -> str:
-    import requests
     import urllib3.exceptions
 
-    if isinstance(exc, requests.Timeout | urllib3.exceptions.TimeoutError | TimeoutError):
+    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
         return "timed out"
-    if isinstance(exc, urllib3.exceptions.ProtocolError | requests.exceptions.ChunkedEncodingError):
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
         return "connection broken (reset or truncated)"
-    if isinstance(exc, requests.ConnectionError | ConnectionError):
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionError):
         return "connection failed or reset"
     return type(exc).__name__
 
