@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from stepkit import log
+from stepkit import contract, log
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,6 +67,43 @@ def go_option(name: str, *, envvar: str, help: str, **kwargs: Any) -> Callable[[
         f"-{name}", f"--{name}", envvar=envvar, show_envvar=True, help=help, **kwargs
     )
     return decorator
+
+
+def _termination_default(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    return value if value is not None else contract.default_termination_path()
+
+
+def result_options(what: str = "results") -> Callable[[F], F]:
+    """-terminationMessagePath and -results-dir, as every helper that has results takes them.
+
+    The command gets `terminationmessagepath` already resolved (the pod's termination log
+    when the flag is not given and one is writable, else None) and `results_dir`.
+    """
+
+    def decorate(f: F) -> F:
+        f = go_option(
+            "results-dir",
+            envvar="STEPKIT_RESULTS_DIR",
+            default=None,
+            metavar="DIR",
+            help="Also write each result to DIR/<key> (Tekton: /tekton/results).",
+        )(f)
+        return go_option(
+            "terminationMessagePath",
+            envvar="STEPKIT_TERMINATION_MESSAGE_PATH",
+            default=None,
+            metavar="FILE",
+            callback=_termination_default,
+            help=(
+                f"Where to write {what} as a termination message. [default: "
+                f"{contract.TEKTON_TERMINATION}, else {contract.TERMINATION_LOG}, the first that "
+                "exists and is writable]"
+            ),
+        )(f)
+
+    return decorate
 
 
 class GoBool(click.ParamType[bool]):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import click
 
-from stepkit import contract
-from stepkit.clickutil import CONTEXT_SETTINGS, GoCommand, common_options, go_option
+from stepkit.clickutil import (
+    CONTEXT_SETTINGS,
+    GoCommand,
+    common_options,
+    go_option,
+    result_options,
+)
 
 
 @click.command(
@@ -79,24 +84,7 @@ STORAGE_EMULATOR_HOST is honoured.""",
     show_default=True,
     help="Seconds one request may take.",
 )
-@go_option(
-    "terminationMessagePath",
-    envvar="STEPKIT_TERMINATION_MESSAGE_PATH",
-    default=None,
-    metavar="FILE",
-    help=(
-        "Where to write results as a termination message. [default: "
-        f"{contract.TEKTON_TERMINATION}, else {contract.TERMINATION_LOG}, the first that exists "
-        "and is writable]"
-    ),
-)
-@go_option(
-    "results-dir",
-    envvar="STEPKIT_RESULTS_DIR",
-    default=None,
-    metavar="DIR",
-    help="Also write each result to DIR/<key> (Tekton: /tekton/results).",
-)
+@result_options("the result `manifest` (gs://BUCKET/OBJECT#GENERATION)")
 @common_options
 def command(
     dir: str,
@@ -120,9 +108,7 @@ def command(
         retries=retries,
         backoff=backoff,
         timeout=timeout,
-        termination_path=terminationmessagepath
-        if terminationmessagepath is not None
-        else contract.default_termination_path(),
+        termination_path=terminationmessagepath,
         results_dir=results_dir,
     )
     return run(spec)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from stepkit import contract
 from stepkit.clickutil import (
     CONTEXT_SETTINGS,
     GoBool,
@@ -12,6 +11,7 @@ from stepkit.clickutil import (
     common_options,
     go_bool_option,
     go_option,
+    result_options,
 )
 
 
@@ -119,24 +119,7 @@ STORAGE_EMULATOR_HOST points at an emulator. Exit codes: 0 done, 1 failed, 2 bad
     default=False,
     help="Extract archives that contain a .git directory (its config and hooks run with git).",
 )
-@go_option(
-    "terminationMessagePath",
-    envvar="STEPKIT_TERMINATION_MESSAGE_PATH",
-    default=None,
-    metavar="FILE",
-    help=(
-        "Where to write the result `location` (gs://BUCKET/OBJECT#GENERATION as fetched). "
-        f"[default: {contract.TEKTON_TERMINATION}, else {contract.TERMINATION_LOG}, the first "
-        "that exists and is writable]"
-    ),
-)
-@go_option(
-    "results-dir",
-    envvar="STEPKIT_RESULTS_DIR",
-    default=None,
-    metavar="DIR",
-    help="Also write each result to DIR/<key> (Tekton: /tekton/results).",
-)
+@result_options("the result `location` (gs://BUCKET/OBJECT#GENERATION as fetched)")
 @click.option(
     "-timeout_gcs",
     "--timeout_gcs",
@@ -181,9 +164,7 @@ def command(
         verbose=verbose,
         allowed_buckets=allowed_buckets,
         allow_git=allow_git,
-        termination_path=terminationmessagepath
-        if terminationmessagepath is not None
-        else contract.default_termination_path(),
+        termination_path=terminationmessagepath,
         results_dir=results_dir,
     )
     return run(spec)

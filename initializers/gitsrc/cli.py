@@ -7,8 +7,14 @@ from pathlib import Path
 
 import click
 
-from stepkit import contract
-from stepkit.clickutil import CONTEXT_SETTINGS, GoCommand, common_options, go_bool_option, go_option
+from stepkit.clickutil import (
+    CONTEXT_SETTINGS,
+    GoCommand,
+    common_options,
+    go_bool_option,
+    go_option,
+    result_options,
+)
 
 
 @click.command(
@@ -77,24 +83,7 @@ $HOME. Exits non-zero with one line saying what went wrong; network failures are
     metavar="DIRS",
     help="Comma-separated directories to check out (sparse, cone mode).",
 )
-@go_option(
-    "terminationMessagePath",
-    envvar="STEPKIT_TERMINATION_MESSAGE_PATH",
-    default=None,
-    metavar="FILE",
-    help=(
-        "Where to write results as a termination message. [default: "
-        f"{contract.TEKTON_TERMINATION}, else {contract.TERMINATION_LOG}, the first that exists "
-        "and is writable]"
-    ),
-)
-@go_option(
-    "results-dir",
-    envvar="STEPKIT_RESULTS_DIR",
-    default=None,
-    metavar="DIR",
-    help="Also write each result to DIR/<key> (Tekton: /tekton/results).",
-)
+@result_options()
 @go_option(
     "workspace",
     envvar="STEPKIT_WORKSPACE",
@@ -193,9 +182,7 @@ def command(
         submodules=submodules,
         ssl_verify=sslverify,
         sparse_dirs=specmod.parse_sparse(sparsecheckoutdirectories),
-        termination_path=terminationmessagepath
-        if terminationmessagepath is not None
-        else contract.default_termination_path(),
+        termination_path=terminationmessagepath,
         results_dir=results_dir,
         retries=retries,
         backoff=retry_backoff,
