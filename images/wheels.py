@@ -36,9 +36,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOCK = HERE / "requirements.lock"
 PIP_LOCK = HERE / "pip.lock"
-# The gcs extra's packages on top of LOCK: the layer stepkit-gcs-fetcher adds to stepkit-base.
-GCS_LOCK = HERE / "requirements-gcs.lock"
-GCS_EXTRA = "gcs"
+# Each extra's packages on top of LOCK: the layer its helper image adds to stepkit-base
+# (gcs: stepkit-gcs-fetcher, oci: stepkit-image-fetcher).
+EXTRA_LOCKS = {"gcs": HERE / "requirements-gcs.lock", "oci": HERE / "requirements-oci.lock"}
 
 PYTHON_VERSION = "3.11"
 ABIS = ("cp311", "abi3", "none")
@@ -167,15 +167,20 @@ def lock() -> int:
         render(requirements, "stepkit's runtime dependencies, as the images install them.")
     )
     PIP_LOCK.write_text(render(["pip"], "The pip that runs the install inside the image build."))
-    GCS_LOCK.write_text(
-        render(
-            [*requirements, *extra_requirements(GCS_EXTRA)],
-            f"stepkit[{GCS_EXTRA}]'s packages that requirements.lock lacks (stepkit-gcs-fetcher).",
-            beside=pins(LOCK),
-        )
-    )
-    print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in (LOCK, PIP_LOCK, GCS_LOCK))}")
+    for extra, path in EXTRA_LOCKS.items():
+        path.write_text(lock_extra(extra))
+    written = (LOCK, PIP_LOCK, *EXTRA_LOCKS.values())
+    print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in written)}")
     return 0
+
+
+def lock_extra(extra: str) -> str:
+    """The lock of one extra: what it needs that requirements.lock does not pin already."""
+    return render(
+        [*runtime_requirements(), *extra_requirements(extra)],
+        f"stepkit[{extra}]'s packages that requirements.lock lacks.",
+        beside=pins(LOCK),
+    )
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -192,9 +197,13 @@ def check() -> int:
     from pip._vendor.packaging.requirements import Requirement
     from pip._vendor.packaging.version import Version
 
-    pinned = pins(LOCK) | (pins(GCS_LOCK) if GCS_LOCK.exists() else {})
     failures = []
-    for text in [*runtime_requirements(), *extra_requirements(GCS_EXTRA)]:
+    pinned = pins(LOCK)
+    wanted = runtime_requirements()
+    for extra, path in EXTRA_LOCKS.items():
+        pinned |= pins(path) if path.exists() else {}
+        wanted += extra_requirements(extra)
+    for text in wanted:
         req = Requirement(text)
         version = pinned.get(canonical(req.name))
         if version is None or not req.specifier.contains(Version(version), prereleases=True):
@@ -278,7 +287,7 @@ def context(out: Path, arch: str) -> int:
     version = wheel.name.split("-")[1]
     # stepkit itself is hash-pinned too: --require-hashes needs every requirement pinned.
     (tmp / "stepkit.req").write_text(f"stepkit=={version} --hash=sha256:{sha256(wheel)}\n")
-    for lock_file in (LOCK, PIP_LOCK, GCS_LOCK):
+    for lock_file in (LOCK, PIP_LOCK, *EXTRA_LOCKS.values()):
         pip(
             "download",
             "--quiet",
@@ -293,7 +302,11 @@ def context(out: Path, arch: str) -> int:
         shutil.copy2(lock_file, tmp / lock_file.name)
     # The base image's ssh wrapper (see the file) goes in from the same context.
     shutil.copy2(HERE / "ssh", tmp / "ssh")
-    expected = len(pins(LOCK)) + len(pins(PIP_LOCK)) + len(pins(GCS_LOCK)) + 1
+    # The extras share some pins (urllib3 is in both): each wheel file once.
+    unique = set(pins(LOCK).items()) | set(pins(PIP_LOCK).items())
+    for path in EXTRA_LOCKS.values():
+        unique |= set(pins(path).items())
+    expected = len(unique) + 1
     found = sorted(p.name for p in tmp.glob("*.whl"))
     if len(found) != expected:
         raise SystemExit(f"expected {expected} wheels in {tmp}, found {len(found)}: {found}")
