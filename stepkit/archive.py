@@ -128,6 +128,69 @@ def _kind_of(head: bytes) -> str | None:
     return None
 
 
+# --- entry names (shared with stepkit.oci.layers) -------------------------------------
+
+
+def entry_error(label: str, name: str, why: str) -> ArchiveError:
+    """The one-line refusal naming an archive's entry."""
+    return ArchiveError(f"{label}: entry {shown(name)}: {why}")
+
+
+def check_text(
+    value: str,
+    name: str,
+    what: str,
+    *,
+    limits: Limits,
+    label: str,
+    allow_backslash: bool = False,
+) -> None:
+    """Refuse an entry's name or link target that is empty, too long, absolute or has control characters."""
+    if not value:
+        raise entry_error(label, name, f"empty {what}")
+    if len(value.encode("utf-8", "surrogateescape")) > limits.max_path_bytes:
+        raise entry_error(label, name, f"{what} longer than {limits.max_path_bytes} bytes")
+    if has_control(value):
+        raise entry_error(label, name, f"control character in {what}")
+    if "\\" in value and not allow_backslash:
+        raise entry_error(label, name, f"backslash in {what} (a Windows path separator)")
+    if value.startswith("/"):
+        raise entry_error(label, name, f"absolute {what}")
+    if _DRIVE.match(value):
+        raise entry_error(label, name, f"{what} starts with a drive letter")
+
+
+def is_git_name(part: str) -> bool:
+    """Whether a path component names a .git directory (any case; NTFS drops trailing dots and spaces)."""
+    return part.rstrip(". ").lower() == ".git"
+
+
+def split_name(
+    name: str,
+    *,
+    limits: Limits,
+    label: str,
+    what: str = "name",
+    entry: str | None = None,
+    allow_git: bool = False,
+    allow_backslash: bool = False,
+) -> tuple[str, ...]:
+    """An entry name checked and split into components, empty and '.' ones dropped; '..' refused."""
+    entry = name if entry is None else entry
+    check_text(name, entry, what, limits=limits, label=label, allow_backslash=allow_backslash)
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise entry_error(label, entry, f"'..' in {what}")
+    if not allow_git and any(is_git_name(part) for part in parts):
+        raise entry_error(
+            label,
+            entry,
+            "a .git directory would let the archive configure git for later steps "
+            "(allow it explicitly with the helper's --allow-git option)",
+        )
+    return parts
+
+
 # --- the tree being built -------------------------------------------------------------
 
 _DIR, _FILE, _LINK = "d", "f", "l"
@@ -172,40 +235,22 @@ class _Tree:
         self._chain = self._chain[:1]
 
     def fail(self, name: str, why: str) -> ArchiveError:
-        return ArchiveError(f"{self.label}: entry {shown(name)}: {why}")
+        return entry_error(self.label, name, why)
 
     # names
 
     def check_text(self, value: str, name: str, what: str) -> None:
-        if not value:
-            raise self.fail(name, f"empty {what}")
-        if len(value.encode("utf-8", "surrogateescape")) > self.limits.max_path_bytes:
-            raise self.fail(name, f"{what} longer than {self.limits.max_path_bytes} bytes")
-        if has_control(value):
-            raise self.fail(name, f"control character in {what}")
-        if "\\" in value:
-            raise self.fail(name, f"backslash in {what} (a Windows path separator)")
-        if value.startswith("/"):
-            raise self.fail(name, f"absolute {what}")
-        if _DRIVE.match(value):
-            raise self.fail(name, f"{what} starts with a drive letter")
+        check_text(value, name, what, limits=self.limits, label=self.label)
 
     def parts(self, name: str, what: str = "name", entry: str | None = None) -> tuple[str, ...]:
-        entry = name if entry is None else entry
-        self.check_text(name, entry, what)
-        parts = tuple(p for p in name.split("/") if p not in ("", "."))
-        if ".." in parts:
-            raise self.fail(entry, f"'..' in {what}")
-        if not self.allow_git:
-            for part in parts:
-                # Trailing dots and spaces are dropped by NTFS; git refuses those spellings too.
-                if part.rstrip(". ").lower() == ".git":
-                    raise self.fail(
-                        entry,
-                        "a .git directory would let the archive configure git for later steps "
-                        "(allow it explicitly with the helper's --allow-git option)",
-                    )
-        return parts
+        return split_name(
+            name,
+            limits=self.limits,
+            label=self.label,
+            what=what,
+            entry=entry,
+            allow_git=self.allow_git,
+        )
 
     # placement
 
@@ -419,6 +464,13 @@ class _Reader:
         self.pos += len(data)
         return data
 
+    def skip(self, n: int, what: str) -> None:
+        while n:
+            data = self.read(min(n, CHUNK))
+            if not data:
+                raise ArchiveError(f"{self.label}: truncated archive ({what})")
+            n -= len(data)
+
     def exact(self, n: int, what: str) -> bytes:
         parts = []
         left = n
@@ -469,8 +521,23 @@ def _failer(label: str, raw_name: bytes) -> Callable[[str], ArchiveError]:
     return fail
 
 
-def _tar_entries(reader: _Reader, tree: _Tree) -> None:
-    label = tree.label
+@dataclass(frozen=True)
+class TarEntry:
+    """One tar entry, its name and link target decoded but not yet checked."""
+
+    kind: str  # "file" | "dir" | "symlink" | "hardlink"
+    name: str
+    link: str
+    mode: int
+    size: int
+    # Pulls the file's data, at most n bytes a call; what is left unread is skipped.
+    read: Callable[[int], bytes]
+    fail: Callable[[str], ArchiveError]
+
+
+def iter_tar(stream: io.BufferedIOBase | IO[bytes], label: str) -> Iterator[TarEntry]:
+    """The entries of a (decompressed) tar stream; anything but files, directories and links is refused."""
+    reader = _Reader(stream, label)
     long_name: bytes | None = None
     long_link: bytes | None = None
     pax: dict[str, bytes] = {}
@@ -555,13 +622,16 @@ def _tar_entries(reader: _Reader, tree: _Tree) -> None:
         if typeflag in (b"0", b"\0", b"7") and not (typeflag == b"\0" and name.endswith("/")):
             if name.endswith("/"):
                 raise fail("a file whose name ends with '/'")
-            tree.add_file(name, mode, size, reader.read)
+            end = reader.pos + size
+            yield TarEntry("file", name, "", mode, size, reader.read, fail)
+            if reader.pos < end:
+                reader.skip(end - reader.pos, "data")
             reader.exact(_pad(size), "padding")
             continue
         if typeflag in (b"5", b"\0"):  # AREGTYPE with a trailing '/' is an old-style directory
             if size:
                 raise fail("a directory with data")
-            tree.add_dir(name)
+            yield TarEntry("dir", name, "", mode, 0, reader.read, fail)
             continue
         if typeflag in (b"1", b"2"):
             if size:
@@ -569,17 +639,28 @@ def _tar_entries(reader: _Reader, tree: _Tree) -> None:
             if name.endswith("/"):
                 raise fail("a link whose name ends with '/'")
             link = _text(raw_link, fail, "link target")
-            if typeflag == b"2":
-                tree.add_symlink(name, link)
-            else:
-                tree.add_hardlink(name, link)
+            kind = "symlink" if typeflag == b"2" else "hardlink"
+            yield TarEntry(kind, name, link, mode, 0, reader.read, fail)
             continue
         kinds = {b"3": "character device", b"4": "block device", b"6": "FIFO", b"S": "sparse file"}
         what = kinds.get(typeflag, f"unsupported entry type {typeflag!r}")
         raise fail(f"{what} entries are not allowed")
 
 
-def _open_tar_stream(raw: IO[bytes]) -> io.BufferedIOBase | IO[bytes]:
+def _tar_entries(stream: io.BufferedIOBase | IO[bytes], tree: _Tree) -> None:
+    for entry in iter_tar(stream, tree.label):
+        if entry.kind == "file":
+            tree.add_file(entry.name, entry.mode, entry.size, entry.read)
+        elif entry.kind == "dir":
+            tree.add_dir(entry.name)
+        elif entry.kind == "symlink":
+            tree.add_symlink(entry.name, entry.link)
+        else:
+            tree.add_hardlink(entry.name, entry.link)
+
+
+def open_tar_stream(raw: IO[bytes]) -> io.BufferedIOBase | IO[bytes]:
+    """The tar stream inside raw, decompressed as its first bytes say (gzip, bzip2, xz or none)."""
     head = raw.read(6)
     raw.seek(0)
     if head.startswith(b"\x1f\x8b"):
@@ -791,8 +872,8 @@ def extract(
                 if kind == "zip":
                     _zip_entries(raw, size, tree)
                 else:
-                    with _open_tar_stream(raw) as stream:
-                        _tar_entries(_Reader(stream, label), tree)
+                    with open_tar_stream(raw) as stream:
+                        _tar_entries(stream, tree)
             finally:
                 tree.close()
                 os.close(root_fd)

@@ -1,0 +1,1 @@
+"""Reading images from OCI / Docker registries: references, the registry client, image layers."""
