@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Fetch an archive or a manifest of objects from Google Cloud Storage into the workspace.",
     ),
+    "image-fetcher": (
+        "initializers.imagesrc.cli",
+        "command",
+        "Extract files from a container image in a registry into the workspace.",
+    ),
     "gcs-uploader": (
         "builders.gcsupload.cli",
         "command",

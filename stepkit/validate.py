@@ -80,3 +80,41 @@ def host(value: str, where: str) -> str:
 def host_for_url(name: str) -> str:
     """The host as written inside a URL: IPv6 addresses go back into brackets."""
     return f"[{name}]" if ":" in name else name
+
+
+# Go's time.ParseDuration units, for flags the reference tools take as Go durations.
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_duration(value: str, *, flag: str) -> float:
+    """Seconds from a Go duration ("100ms", "1.5s", "1m30s"); a bare number is seconds."""
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if seconds >= 0 and seconds == seconds and seconds != float("inf"):
+            return seconds
+        raise InputError(f"{flag}: {shown(value)} is not a duration such as 100ms, 1s or 2m")
+    total = 0.0
+    pos = 0
+    for match in _DURATION_PART.finditer(text):
+        number = match.group(1)
+        if match.start() != pos or number in ("", "."):
+            break
+        total += float(number) * _UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise InputError(f"{flag}: {shown(value)} is not a duration such as 100ms, 1s or 2m")
+    return total

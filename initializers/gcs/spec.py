@@ -10,7 +10,7 @@ from typing import Literal
 
 from stepkit.errors import InputError
 from stepkit.gcs import Location, parse_location
-from stepkit.validate import has_control, shown
+from stepkit.validate import has_control, parse_duration, shown
 
 Kind = Literal["zip", "tar", "manifest"]
 # The reference's -type values; "Archive" is its deprecated name for a zip.
@@ -21,17 +21,6 @@ TYPES: dict[str, Kind] = {
     "Manifest": "manifest",
 }
 DEFAULT_STAGING = ".download"
-_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
 _BUCKET_LIST_ITEM = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 
 
@@ -60,30 +49,6 @@ def parse_type(value: str, *, flag: str = "--type") -> tuple[str, Kind]:
             f"{flag}: {shown(value)} is not one of Archive, ZipArchive, TarGzArchive, Manifest"
         )
     return value, TYPES[value]
-
-
-def parse_duration(value: str, *, flag: str) -> float:
-    """Seconds from a Go duration ("100ms", "1.5s", "1m30s"); a bare number is seconds."""
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if seconds >= 0 and seconds == seconds and seconds != float("inf"):
-            return seconds
-        raise InputError(f"{flag}: {shown(value)} is not a duration such as 100ms, 1s or 2m")
-    total = 0.0
-    pos = 0
-    for match in _DURATION_PART.finditer(text):
-        number = match.group(1)
-        if match.start() != pos or number in ("", "."):
-            break
-        total += float(number) * _UNITS[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text):
-        raise InputError(f"{flag}: {shown(value)} is not a duration such as 100ms, 1s or 2m")
-    return total
 
 
 def parse_buckets(value: str, *, flag: str = "--allowed-buckets") -> frozenset[str] | None:
