@@ -64,9 +64,11 @@ demo: deps venv
 	$(BIN)/python examples/demo.py
 
 bench: deps venv
+	$(call ensure-debs,umoci)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/git_fetch.py
 	$(BIN)/python bench/gcs_fetch.py
+	$(BIN)/python bench/image_fetch.py
 	$(BIN)/python bench/images.py
 
 clean:

@@ -37,7 +37,7 @@ BENCH_MOUNT = "/opt/stepkit-bench"
 STARTUP_TARGET = 1.25
 SIZE_TARGET_MB = 30.0
 MB = 1_000_000
-SIZED_IMAGES = ("base", "nop", "creds-init", "git-init", "gcs-fetcher")
+SIZED_IMAGES = ("base", "nop", "creds-init", "git-init", "gcs-fetcher", "image-fetcher")
 # The size target is for these (issue 4); gcs-fetcher's own layer (google-cloud-storage and
 # its dependencies, which the others do without) is reported beside it.
 TARGET_IMAGES = ("base", "nop", "creds-init", "git-init")

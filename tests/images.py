@@ -47,7 +47,7 @@ from stepkit import __version__
 ROOT = Path(__file__).resolve().parent.parent
 STORAGE_DRIVER = os.environ.get("STORAGE_DRIVER", "vfs")
 IMAGE_REPO = "localhost/stepkit"
-HELPERS = ("nop", "creds-init", "git-init", "gcs-fetcher")
+HELPERS = ("nop", "creds-init", "git-init", "gcs-fetcher", "image-fetcher")
 POD_WORKSPACE = "/workspace"
 POD_HOME = "/builder/home"
 POD_SECRETS = "/var/build-secrets"

@@ -32,9 +32,11 @@ from tests.images import (
     image_config,
     run_image,
 )
+from tests.ocipeers import LayerFile, layer_tar, push, write_layout
 from tests.peers import (
     AuthorizedKey,
     GitHttpServer,
+    Registry,
     SshServer,
     gen_keypair,
     git_env,
@@ -413,5 +415,79 @@ def test_gcs_source_in_the_pod(images: dict[str, str], tmp_path: Path, user: str
         assert res.returncode == 1, res.stderr
         assert "gs://stepkit-sources/nope.tgz" in res.stderr
         assert sorted(p.name for p in pod.workspace.iterdir()) == before
+    res = run(images, "nop", [], pod)
+    assert (res.returncode, res.stdout) == (0, "Build successful\n"), res.stderr
+
+
+@pytest.mark.parametrize("user", USERS, ids=["uid-65532", "arbitrary-uid"])
+def test_image_source_in_the_pod(images: dict[str, str], tmp_path: Path, user: str) -> None:
+    """A Knative custom source: creds-init for the registry, the image-fetcher image taking /app
+    out of a 2-layer image (a whiteout in the top one), a step reading it, nop."""
+    pod = Pod(emptydir(tmp_path / "ws"), emptydir(tmp_path / "home"), Secrets(tmp_path / "s"), user)
+    pod.secrets.root.mkdir()
+    with Registry(tmp_path / "registry", {"puller": PASSWORD}) as registry:
+        lower = layer_tar(
+            [
+                LayerFile("app/run.sh", b"#!/bin/sh\necho run\n", mode=0o755),
+                LayerFile("app/old.txt", b"old\n"),
+                LayerFile("app/current", type="symlink", target="run.sh"),
+                LayerFile("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
+            ]
+        )
+        upper = layer_tar(
+            [LayerFile("app/old.txt", type="whiteout"), LayerFile("app/new.txt", b"new\n")]
+        )
+        layout = tmp_path / "layout"
+        write_layout(layout, "v1", [lower, upper])
+        digest = push(layout, "v1", registry, "team/tools", username="puller", password=PASSWORD)
+        pod.secrets.add("registry", {"username": "puller", "password": PASSWORD})
+        for path in [pod.secrets.root, *pod.secrets.root.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        res = run(
+            images, "creds-init", [f"-basic-docker=registry={registry.host}"], pod, secrets=True
+        )
+        assert res.returncode == 0, res.stderr
+        ca = "/etc/stepkit-test-ca.pem"
+        res = run_image(
+            images["image-fetcher"],
+            [
+                f"--image={registry.host}/team/tools:v1",
+                "--path=/app",
+                "--dest_dir=/workspace/tools",
+                f"--ca-file={ca}",
+            ],
+            workspace=pod.workspace,
+            home=pod.home,
+            secrets=None,
+            user=user,
+            mounts=[(registry.ca_pem, ca, True)],
+        )
+        assert res.returncode == 0, res.stderr
+        assert_no_leak(res.stdout + res.stderr, pod.secrets.values)
+        tools = pod.workspace / "tools"
+        assert sorted(p.name for p in tools.iterdir()) == ["current", "new.txt", "run.sh"]
+        assert os.readlink(tools / "current") == "run.sh"
+        assert (tools / "run.sh").stat().st_mode & 0o777 == 0o755
+        assert digest  # what skopeo pushed; the fetcher's result names the same manifest
+        res = run(images, "base", ["sh", "-c", "tools/current; cat tools/new.txt"], pod)
+        assert (res.returncode, res.stdout) == (0, "run\nnew\n"), res.stderr
+        # Without credentials (a fresh home) the registry refuses: exit 3, nothing added.
+        bare = Pod(pod.workspace, emptydir(tmp_path / "home2"), pod.secrets, user)
+        res = run_image(
+            images["image-fetcher"],
+            [
+                f"--image={registry.host}/team/tools:v1",
+                "--dest_dir=/workspace/other",
+                f"--ca-file={ca}",
+            ],
+            workspace=bare.workspace,
+            home=bare.home,
+            secrets=None,
+            user=user,
+            mounts=[(registry.ca_pem, ca, True)],
+        )
+        assert res.returncode == 3, res.stderr
+        assert not (pod.workspace / "other").exists()
     res = run(images, "nop", [], pod)
     assert (res.returncode, res.stdout) == (0, "Build successful\n"), res.stderr
