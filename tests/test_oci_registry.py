@@ -1059,3 +1059,29 @@ def test_malformed_realm_refused(hostile: HostileRegistry, isolated_env: Path, r
     with _client(hostile.ca_file) as client, pytest.raises(StepkitError) as err:
         client.resolve(parse_reference(f"{hostile.host}/org/app:v1", what="x"), AMD64)
     assert not isinstance(err.value, InputError)
+
+
+@pytest.mark.parametrize(
+    ("realm", "registry", "trusted"),
+    [
+        ("https://gitlab.com/jwt/auth", "registry.gitlab.com", True),  # a parent domain
+        ("https://ghcr.io/token", "ghcr.io", True),
+        ("https://auth.docker.io/token", "registry-1.docker.io", True),  # Docker Hub's own
+        ("https://evil.example/token", "registry.gitlab.com", False),
+        ("https://gitlab.com.evil.example/t", "registry.gitlab.com", False),
+        ("https://lab.com/t", "registry.gitlab.com", False),  # a suffix, not a parent domain
+        ("https://com/t", "registry.gitlab.com", False),  # a single label is no parent domain
+        ("https://0.1/t", "127.0.0.1", False),  # IP addresses have no parent domains
+        ("http://gitlab.com/jwt/auth", "registry.gitlab.com", False),  # never over plain HTTP
+    ],
+)
+def test_which_token_realms_get_basic_credentials(realm: str, registry: str, trusted: bool) -> None:
+    # A unit test on purpose: every peer here listens on 127.0.0.x, and no real peer can give
+    # a loopback server the host names this rule is about.
+    from urllib.parse import urlsplit
+
+    client = RegistryClient()
+    try:
+        assert client._realm_trusted(urlsplit(realm), registry) is trusted
+    finally:
+        client.close()

@@ -783,7 +783,9 @@ class RegistryClient:
         return token
 
     def _realm_trusted(self, realm: Any, api_host: str) -> bool:
-        """Whether Basic credentials may go to this realm: HTTPS on the registry's own host.
+        """Whether Basic credentials may go to this realm: HTTPS on the registry's own host,
+        or on a parent domain of it (registry.gitlab.com's realm is gitlab.com: whoever holds
+        a domain holds its subdomains), or Docker Hub's known token host.
 
         The port does not matter (the host already gets the credentials); a registry named
         insecure may also take them over HTTP at its own host:port.
@@ -792,7 +794,10 @@ class RegistryClient:
         registry_host = _hostname(api_host)
         if realm.scheme.lower() == "http":
             return self._is_insecure(api_host) and _netloc(realm) == _plain_netloc(api_host)
-        return host == registry_host or host in _KNOWN_REALM_HOSTS.get(api_host, frozenset())
+        parent = "." in host and registry_host.endswith("." + host) and not _is_ip(registry_host)
+        return (
+            host == registry_host or parent or host in _KNOWN_REALM_HOSTS.get(api_host, frozenset())
+        )
 
     def _is_insecure(self, netloc: str) -> bool:
         return _plain_netloc(netloc) in self._insecure
@@ -1053,3 +1058,13 @@ __all__ = [
     "RegistryClient",
     "is_foreign",
 ]
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
