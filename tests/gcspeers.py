@@ -39,9 +39,7 @@ import platform
 import re
 import socket
 import struct
-import subprocess
 import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,11 +51,9 @@ from tests.peers import (
     _HOP_BY_HOP,
     DEFAULT_START_TIMEOUT,
     LOOPBACK,
-    _address_in_use,
     _HttpPeer,
     _PeerHandler,
-    _stop_process,
-    _tail,
+    _PortServer,
     free_port,
 )
 
@@ -116,24 +112,16 @@ def client_env(url: str) -> dict[str, str]:
     }
 
 
-class _GcsProcess:
+class _GcsProcess(_PortServer):
     """Start/stop plumbing and the test-setup helpers both GCS servers share."""
 
     name = "gcs"
 
     def __init__(self, workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        super().__init__(workdir / f"{self.name}.log", timeout=timeout)
+        self.what = type(self).__name__
         self.workdir = workdir
-        self.timeout = timeout
-        self.log_path = workdir / f"{self.name}.log"
-        self._port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
         self._client: storage.Client | None = None
-
-    @property
-    def port(self) -> int:
-        if self._proc is None:
-            raise RuntimeError(f"{type(self).__name__} is not running")
-        return self._port
 
     @property
     def url(self) -> str:
@@ -147,9 +135,6 @@ class _GcsProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def _argv(self, port: int) -> list[str]:
-        raise NotImplementedError
-
     def _started(self, log: bytes) -> bool:
         """Whether the log (from this attempt on) says the server listens."""
         raise NotImplementedError
@@ -157,29 +142,9 @@ class _GcsProcess:
     def _wait_ready(self, start: int) -> None:
         # The log line comes after the bind, so a port some other process already holds
         # cannot be mistaken for ours; the HTTP probe then checks that the server answers.
-        assert self._proc is not None
-        deadline = time.monotonic() + self.timeout
-        where = f"{type(self).__name__} on {LOOPBACK}:{self._port}"
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"{where} exited with status {self._proc.returncode} at start-up; "
-                    f"log tail:\n{_tail(self.log_path)}"
-                )
-            log = self.log_path.read_bytes()[start:]
-            if b"address already in use" in log.lower():
-                # gcp-storage-emulator does not even exit then: its serving thread just dies.
-                raise RuntimeError(
-                    f"{where}: address already in use; log tail:\n{_tail(self.log_path)}"
-                )
-            if self._started(log) and self._answers():
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{where} did not answer within {self.timeout:.0f}s; "
-                    f"log tail:\n{_tail(self.log_path)}"
-                )
-            time.sleep(0.05)
+        # (gcp-storage-emulator does not even exit on "address already in use": its serving
+        # thread just dies; _wait_for_log looks for that line.)
+        self._wait_for_log(start, lambda log: self._started(log) and self._answers())
 
     def _answers(self) -> bool:
         conn = http.client.HTTPConnection(LOOPBACK, self._port, timeout=2)
@@ -191,33 +156,18 @@ class _GcsProcess:
         finally:
             conn.close()
 
-    def __enter__(self) -> Self:
+    def _free_port(self) -> int:
+        # This module's name, so a test can hand out a taken port and see the retry.
+        return free_port()
+
+    def _prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # The port is picked by binding 0 and handed over, so another process could take it
-        # in between: retry a few times when that is what went wrong.
-        for attempt in range(3):
-            self._port = free_port()
-            with self.log_path.open("ab") as log:
-                start = log.tell()
-                self._proc = subprocess.Popen(
-                    self._argv(self._port),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={"PATH": os.environ.get("PATH", os.defpath), "HOME": str(self.workdir)},
-                    cwd=self.workdir,
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready(start)
-                return self
-            except BaseException as exc:
-                _stop_process(self._proc, group=True)
-                self._proc = None
-                retry = isinstance(exc, RuntimeError) and attempt < 2
-                if not (retry and _address_in_use(self.log_path)):
-                    raise
-        raise AssertionError("unreachable")
+
+    def _env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(self.workdir)}
+
+    def _cwd(self) -> Path | None:
+        return self.workdir
 
     def __exit__(
         self,
@@ -228,8 +178,7 @@ class _GcsProcess:
         if self._client is not None:
             self._client.close()
             self._client = None
-        _stop_process(self._proc, group=True)
-        self._proc = None
+        super().__exit__(exc_type, exc, tb)
 
     # -- test setup ---------------------------------------------------------------------------
 

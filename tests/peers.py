@@ -125,6 +125,126 @@ def _address_in_use(log: Path) -> bool:
     return "address already in use" in _tail(log, 50).lower()
 
 
+class _PortServer:
+    """A server process on a free loopback port, as a context manager.
+
+    __enter__ picks a port, has the subclass write its config and name its command, starts it
+    in its own process group (so __exit__ ends whatever it forked too), waits until it
+    listens (a start-up error carries the log tail) and retries when the port was taken in
+    between; __exit__ kills the group. Subclasses supply _argv and _env, and may override
+    _free_port, _prepare, _cwd, _wait_ready and _start_failed.
+    """
+
+    #: The server's name in start-up errors.
+    what = "server"
+
+    def __init__(self, log_path: Path, *, timeout: float) -> None:
+        self.log_path = log_path
+        self.timeout = timeout
+        self._port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"{type(self).__name__} is not running")
+        return self._port
+
+    def _free_port(self) -> int:
+        return free_port()
+
+    def _prepare(self) -> None:
+        """Once, before the first attempt: write whatever does not depend on the port."""
+
+    def _argv(self, port: int) -> list[str]:
+        """The command that serves on `port` (writing any config that names the port)."""
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _cwd(self) -> Path | None:
+        return None
+
+    def _wait_ready(self, start: int) -> None:
+        """Return once the server serves; `start` is where this attempt's log begins."""
+        _wait_until_listening(
+            self._port, what=self.what, timeout=self.timeout, proc=self._proc, log=self.log_path
+        )
+
+    def _wait_for_log(self, start: int, ready: Callable[[bytes], bool]) -> None:
+        """Poll until ready(the log from `start` on) is true, for servers a probe connection
+        would disturb; fail with the log tail if the server exits, says its address is in use
+        (some only log that and keep running) or is not ready within the timeout."""
+        assert self._proc is not None
+        deadline = time.monotonic() + self.timeout
+        where = f"on {LOOPBACK}:{self._port}"
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.what} exited with status {self._proc.returncode} before accepting "
+                    f"connections {where}; log tail:\n{_tail(self.log_path)}"
+                )
+            log = self.log_path.read_bytes()[start:]
+            if b"address already in use" in log.lower():
+                raise RuntimeError(
+                    f"{self.what} {where}: address already in use; "
+                    f"log tail:\n{_tail(self.log_path)}"
+                )
+            if ready(log):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.what} did not accept connections {where} within "
+                    f"{self.timeout:.0f}s; log tail:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def _start_failed(self) -> None:
+        """Called when __enter__ gives up, after the process is stopped."""
+
+    def __enter__(self) -> Self:
+        self._prepare()
+        # The port is picked by binding 0 and handed to the server, so another process could
+        # take it in between: retry a few times when that is what went wrong.
+        for attempt in range(3):
+            self._port = self._free_port()
+            argv = self._argv(self._port)
+            with self.log_path.open("ab") as log:
+                start = log.tell()
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self._env(),
+                    cwd=self._cwd(),
+                    # Own process group, so __exit__ can signal the server and what it forked.
+                    start_new_session=True,
+                )
+            try:
+                self._wait_ready(start)
+                return self
+            except BaseException as exc:
+                # Whatever went wrong (even Ctrl-C), leave no server behind.
+                _stop_process(self._proc, group=True)
+                self._proc = None
+                retry = isinstance(exc, RuntimeError) and attempt < 2
+                if not (retry and _address_in_use(self.log_path)):
+                    self._start_failed()
+                    raise
+        raise AssertionError("unreachable")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _stop_process(self._proc, group=True)
+        self._proc = None
+
+
 def _base_env(home: Path) -> dict[str, str]:
     # Built from scratch rather than copied from os.environ, so a developer's proxies, GIT_DIR,
     # REGISTRY_* overrides and so on can never leak into a peer or a client.
@@ -927,7 +1047,7 @@ main()
 '''
 
 
-class SshServer:
+class SshServer(_PortServer):
     """OpenSSH sshd on 127.0.0.1 serving git-upload-pack (receive-pack too for keys with
     push=True) to the keys in `authorized`.
 
@@ -937,6 +1057,8 @@ class SshServer:
     Note that ssh finds ~ through the passwd entry, not $HOME: clients should pass -F/-i.
     """
 
+    what = "sshd"
+
     def __init__(
         self,
         workdir: Path,
@@ -944,20 +1066,11 @@ class SshServer:
         *,
         timeout: float = DEFAULT_START_TIMEOUT,
     ) -> None:
+        super().__init__(workdir / "sshd.log", timeout=timeout)
         self.workdir = workdir
         self.authorized = list(authorized)
-        self.timeout = timeout
-        self.log_path = workdir / "sshd.log"
         self.access_log_path = workdir / "access.log"
-        self._port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
         self._host_key_line = ""
-
-    @property
-    def port(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("SshServer is not running")
-        return self._port
 
     @property
     def host_key_line(self) -> str:
@@ -1046,7 +1159,7 @@ class SshServer:
             ]
         )
 
-    def __enter__(self) -> Self:
+    def _prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # sshd refuses to start without its privilege-separation directory.
         run_sshd = Path("/run/sshd")
@@ -1059,50 +1172,17 @@ class SshServer:
         authorized_keys = self.workdir / "authorized_keys"
         authorized_keys.write_text(self._authorized_keys(script))
         authorized_keys.chmod(0o600)
-        config = self.workdir / "sshd_config"
-        config.write_text(self._config(host_key, authorized_keys))
+        self._config_path.write_text(self._config(host_key, authorized_keys))
 
-        # The port is picked by binding 0 and handed to sshd, so another process could take it
-        # in between: retry a few times when that is what went wrong.
-        for attempt in range(3):
-            self._port = free_port()
-            with self.log_path.open("ab") as log:
-                self._proc = subprocess.Popen(
-                    ["/usr/sbin/sshd", "-D", "-e", "-f", str(config), "-p", str(self._port)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_base_env(self.workdir),
-                    # Own process group, so __exit__ can signal sshd and whatever it left.
-                    start_new_session=True,
-                )
-            try:
-                _wait_until_listening(
-                    self._port,
-                    what="sshd",
-                    timeout=self.timeout,
-                    proc=self._proc,
-                    log=self.log_path,
-                )
-                return self
-            except BaseException as exc:
-                # Whatever went wrong (even Ctrl-C), leave no sshd behind.
-                _stop_process(self._proc, group=True)
-                self._proc = None
-                if not (isinstance(exc, RuntimeError) and attempt < 2):
-                    raise
-                if not _address_in_use(self.log_path):
-                    raise
-        raise AssertionError("unreachable")
+    @property
+    def _config_path(self) -> Path:
+        return self.workdir / "sshd_config"
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        _stop_process(self._proc, group=True)
-        self._proc = None
+    def _argv(self, port: int) -> list[str]:
+        return ["/usr/sbin/sshd", "-D", "-e", "-f", str(self._config_path), "-p", str(port)]
+
+    def _env(self) -> dict[str, str]:
+        return _base_env(self.workdir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1173,8 +1253,10 @@ def write_oci_layout(layout: Path, tag: str, *, text: str = "hello from stepkit\
     return _sha256(manifest)
 
 
-class Registry:
+class Registry(_PortServer):
     """Debian docker-registry (distribution 2.8) on 127.0.0.1 with TLS and htpasswd users."""
+
+    what = "docker-registry"
 
     def __init__(
         self,
@@ -1183,22 +1265,14 @@ class Registry:
         *,
         timeout: float = DEFAULT_START_TIMEOUT,
     ) -> None:
+        super().__init__(workdir / "registry.log", timeout=timeout)
         self.workdir = workdir
         self.users = dict(users)
-        self.timeout = timeout
-        self.log_path = workdir / "registry.log"
         self.ca_pem = workdir / "ca.pem"
         self.cert_dir = workdir / "certs.d"  # the layout containers/image's --cert-dir reads
-        self._port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
         self._context: ssl.SSLContext | None = None
         self._pushes = 0
-
-    @property
-    def port(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("Registry is not running")
-        return self._port
+        self._htpasswd = workdir / "htpasswd"
 
     @property
     def host(self) -> str:
@@ -1347,15 +1421,18 @@ class Registry:
         path.write_text(json.dumps(config, indent=2))
         return path
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        _wait_until_listening(
-            self._port,
-            what="docker-registry",
-            timeout=self.timeout,
-            proc=self._proc,
-            log=self.log_path,
-        )
+    def _prepare(self) -> None:
+        self._htpasswd = self._write_files()
+
+    def _argv(self, port: int) -> list[str]:
+        return ["docker-registry", "serve", str(self._write_config(self._htpasswd))]
+
+    def _env(self) -> dict[str, str]:
+        # A clean env: distribution lets REGISTRY_* variables override the config.
+        return _base_env(self.workdir)
+
+    def _wait_ready(self, start: int) -> None:
+        super()._wait_ready(start)
         # Listening is not quite serving TLS with auth; one unauthenticated /v2/ proves it.
         try:
             status = self._get("/v2/", "", "")[0]
@@ -1369,43 +1446,6 @@ class Registry:
                 f"docker-registry answered {status} (expected 401) to an anonymous GET /v2/; "
                 f"log tail:\n{_tail(self.log_path)}"
             )
-
-    def __enter__(self) -> Self:
-        htpasswd = self._write_files()
-        for attempt in range(3):
-            self._port = free_port()
-            config = self._write_config(htpasswd)
-            with self.log_path.open("ab") as log:
-                self._proc = subprocess.Popen(
-                    ["docker-registry", "serve", str(config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    # A clean env: distribution lets REGISTRY_* variables override the config.
-                    env=_base_env(self.workdir),
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready()
-                return self
-            except BaseException as exc:
-                # Whatever went wrong (even Ctrl-C), leave no registry behind.
-                _stop_process(self._proc, group=True)
-                self._proc = None
-                if not (isinstance(exc, RuntimeError) and attempt < 2):
-                    raise
-                if not _address_in_use(self.log_path):
-                    raise
-        raise AssertionError("unreachable")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        _stop_process(self._proc, group=True)
-        self._proc = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1683,7 +1723,7 @@ class FlakyProxy:
 # --------------------------------------------------------------------------------------------
 
 
-class GitDaemon:
+class GitDaemon(_PortServer):
     """`git daemon` on 127.0.0.1 serving, read-only, every repository under `base_path`.
 
     What upload-pack offers (SHA-in-want, filters) comes from each repository's own config
@@ -1692,21 +1732,14 @@ class GitDaemon:
     and protocols() can tell which repository was asked for and with which protocol version.
     """
 
+    what = "git daemon"
+
     def __init__(self, base_path: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        super().__init__(Path("/nonexistent"), timeout=timeout)
         self.base_path = base_path
-        self.timeout = timeout
-        self.log_path = Path("/nonexistent")
-        self._port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         # The log lives in a temp dir that __exit__ removes; keep its text for later asserts.
         self._final_log = ""
-
-    @property
-    def port(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("GitDaemon is not running")
-        return self._port
 
     @property
     def url(self) -> str:
@@ -1757,56 +1790,21 @@ class GitDaemon:
         The other peers probe with a connection instead; here that would leave a client that
         hung up ("fatal: the remote end hung up unexpectedly") in the log tests read.
         """
-        assert self._proc is not None
-        deadline = time.monotonic() + self.timeout
-        where = f"on {LOOPBACK}:{self._port}"
-        while b"Ready to rumble" not in self.log_path.read_bytes()[start:]:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"git daemon exited with status {self._proc.returncode} before accepting "
-                    f"connections {where}; log tail:\n{_tail(self.log_path)}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"git daemon did not accept connections {where} within "
-                    f"{self.timeout:.0f}s; log tail:\n{_tail(self.log_path)}"
-                )
-            time.sleep(0.05)
+        self._wait_for_log(start, lambda log: b"Ready to rumble" in log)
 
-    def __enter__(self) -> Self:
+    def _prepare(self) -> None:
         if not self.base_path.is_dir():
             raise RuntimeError(f"GitDaemon base path {self.base_path} is not a directory")
         self._tmp = tempfile.TemporaryDirectory(prefix="stepkit-gitdaemon-")
-        home = Path(self._tmp.name)
-        self.log_path = home / "daemon.log"
-        # The port is picked by binding 0 and handed to the daemon, so another process could
-        # take it in between: retry a few times when that is what went wrong.
-        for attempt in range(3):
-            self._port = free_port()
-            with self.log_path.open("ab") as log:
-                start = log.tell()
-                self._proc = subprocess.Popen(
-                    self._argv(self._port),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=git_env(home),
-                    # Own process group: the daemon forks an upload-pack per connection, and
-                    # __exit__ must end those too.
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready(start)
-                return self
-            except BaseException as exc:
-                # Whatever went wrong (even Ctrl-C), leave no daemon behind.
-                _stop_process(self._proc, group=True)
-                self._proc = None
-                retry = isinstance(exc, RuntimeError) and attempt < 2
-                if not (retry and _address_in_use(self.log_path)):
-                    self.__exit__(None, None, None)
-                    raise
-        raise AssertionError("unreachable")
+        self.log_path = Path(self._tmp.name) / "daemon.log"
+
+    def _env(self) -> dict[str, str]:
+        # The daemon forks an upload-pack per connection; its process group lets __exit__ end
+        # those too.
+        return git_env(self.log_path.parent)
+
+    def _start_failed(self) -> None:
+        self.__exit__(None, None, None)
 
     def __exit__(
         self,
@@ -1814,8 +1812,7 @@ class GitDaemon:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _stop_process(self._proc, group=True)
-        self._proc = None
+        super().__exit__(exc_type, exc, tb)
         if self._tmp is not None:
             self._final_log = self.log_text()
             self._tmp.cleanup()
