@@ -69,6 +69,51 @@ def go_option(name: str, *, envvar: str, help: str, **kwargs: Any) -> Callable[[
     return decorator
 
 
+def workers_option(*, envvar: str, help: str) -> Callable[[F], F]:
+    """-workers: how many objects move at once, 1 to 1000, 200 unless set."""
+    return go_option(
+        "workers",
+        envvar=envvar,
+        type=click.IntRange(min=1, max=1000),
+        default=200,
+        show_default=True,
+        help=help,
+    )
+
+
+def retries_option(*, envvar: str, maximum: int, help: str) -> Callable[[F], F]:
+    """-retries: how often a transient failure is tried again, 0 to maximum, 3 unless set."""
+    return go_option(
+        "retries",
+        envvar=envvar,
+        type=click.IntRange(min=0, max=maximum),
+        default=3,
+        show_default=True,
+        help=help,
+    )
+
+
+def seconds_option(
+    name: str, *, envvar: str, default: float, minimum: float, help: str
+) -> Callable[[F], F]:
+    """A time in seconds, as a float no smaller than minimum."""
+    return go_option(
+        name,
+        envvar=envvar,
+        type=click.FloatRange(min=minimum),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+def duration_option(name: str, *, envvar: str, default: str, help: str) -> Callable[[F], F]:
+    """A time as a Go duration ("100ms", "5m"), parsed where the spec is built."""
+    return go_option(
+        name, envvar=envvar, default=default, show_default=True, metavar="DURATION", help=help
+    )
+
+
 def _termination_default(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> str | None:

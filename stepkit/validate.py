@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from stepkit.errors import InputError
 from stepkit.log import printable
@@ -75,6 +77,19 @@ def host(value: str, where: str) -> str:
     if labels[0].startswith("-"):
         raise InputError(f"{where}: host {shown(value)} must not start with '-'")
     return name
+
+
+def resolve_dest_dir(value: str | None, *, flag: str = "--dest_dir") -> Path:
+    """The destination directory, absolute; it may not exist yet, but may not be a symlink."""
+    raw = value if value else os.getcwd()
+    if has_control(raw):
+        raise InputError(f"{flag}: control characters in {shown(raw)}")
+    dest = Path(os.path.abspath(raw))
+    if dest.is_symlink():
+        raise InputError(f"{flag}: {shown(str(dest))} is a symlink; give the real directory")
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"{flag}: {shown(str(dest))} exists and is not a directory")
+    return dest
 
 
 def host_for_url(name: str) -> str:

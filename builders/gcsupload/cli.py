@@ -10,6 +10,9 @@ from stepkit.clickutil import (
     common_options,
     go_option,
     result_options,
+    retries_option,
+    seconds_option,
+    workers_option,
 )
 
 
@@ -52,36 +55,27 @@ STORAGE_EMULATOR_HOST is honoured.""",
     help="Prefix of the content objects' names, e.g. 'sources/'. [default: none, objects at the "
     "bucket's root as cloud-builders' gcs-uploader names them]",
 )
-@go_option(
-    "workers",
+@workers_option(
     envvar="STEPKIT_GCS_UPLOAD_WORKERS",
-    type=click.IntRange(min=1, max=1000),
-    default=200,
-    show_default=True,
     help="Objects uploaded in parallel (threads sharing one client and connection pool).",
 )
-@go_option(
-    "retries",
+@retries_option(
     envvar="STEPKIT_GCS_UPLOAD_RETRIES",
-    type=click.IntRange(min=0, max=20),
-    default=3,
-    show_default=True,
+    maximum=20,
     help="Retries of a request that failed with 408, 429, 5xx, a reset or a corrupted transfer.",
 )
-@go_option(
+@seconds_option(
     "backoff",
     envvar="STEPKIT_GCS_UPLOAD_BACKOFF",
-    type=click.FloatRange(min=0),
     default=0.1,
-    show_default=True,
+    minimum=0,
     help="Seconds before the first retry; doubled each time, with jitter.",
 )
-@go_option(
+@seconds_option(
     "timeout",
     envvar="STEPKIT_GCS_UPLOAD_TIMEOUT",
-    type=click.FloatRange(min=1),
     default=120.0,
-    show_default=True,
+    minimum=1,
     help="Seconds one request may take.",
 )
 @result_options("the result `manifest` (gs://BUCKET/OBJECT#GENERATION)")

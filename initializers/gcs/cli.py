@@ -9,9 +9,12 @@ from stepkit.clickutil import (
     GoBool,
     GoCommand,
     common_options,
+    duration_option,
     go_bool_option,
     go_option,
     result_options,
+    retries_option,
+    workers_option,
 )
 
 
@@ -55,36 +58,25 @@ STORAGE_EMULATOR_HOST points at an emulator. Exit codes: 0 done, 1 failed, 2 bad
     metavar="DIR",
     help="Directory to fetch into (created if missing). [default: the working directory]",
 )
-@go_option(
-    "workers",
+@workers_option(
     envvar="STEPKIT_GCS_WORKERS",
-    type=click.IntRange(min=1, max=1000),
-    default=200,
-    show_default=True,
     help="Objects downloaded in parallel (one shared connection pool).",
 )
-@go_option(
-    "retries",
+@retries_option(
     envvar="STEPKIT_GCS_RETRIES",
-    type=click.IntRange(min=0, max=100),
-    default=3,
-    show_default=True,
+    maximum=100,
     help="Retries of a failed download (5xx, 429, reset, timeout, truncated or corrupt body).",
 )
-@go_option(
+@duration_option(
     "backoff",
     envvar="STEPKIT_GCS_BACKOFF",
     default="100ms",
-    show_default=True,
-    metavar="DURATION",
     help="Wait before the first retry, doubled for each further one (Go duration: 100ms, 1s).",
 )
-@go_option(
+@duration_option(
     "timeout",
     envvar="STEPKIT_GCS_TIMEOUT",
     default="10m",
-    show_default=True,
-    metavar="DURATION",
     help="Time one download attempt may take; a slower attempt is cancelled and retried.",
 )
 @go_bool_option(

@@ -10,7 +10,7 @@ from typing import Literal
 
 from stepkit.errors import InputError
 from stepkit.gcs import Location, parse_location
-from stepkit.validate import has_control, parse_duration, shown
+from stepkit.validate import has_control, parse_duration, resolve_dest_dir, shown
 
 Kind = Literal["zip", "tar", "manifest"]
 # The reference's -type values; "Archive" is its deprecated name for a zip.
@@ -70,19 +70,6 @@ def check_bucket(loc: Location, allowed: frozenset[str] | None, *, what: str) ->
         )
 
 
-def resolve_dest(value: str | None) -> Path:
-    """The destination directory, absolute; it may not exist yet, but may not be a symlink."""
-    raw = value if value else os.getcwd()
-    if has_control(raw):
-        raise InputError(f"--dest_dir: control characters in {shown(raw)}")
-    dest = Path(os.path.abspath(raw))
-    if dest.is_symlink():
-        raise InputError(f"--dest_dir: {shown(str(dest))} is a symlink; give the real directory")
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"--dest_dir: {shown(str(dest))} exists and is not a directory")
-    return dest
-
-
 def resolve_staging(value: str | None, dest: Path) -> Path:
     """The staging folder: relative paths are under the destination, as the reference has it."""
     raw = value if value else DEFAULT_STAGING
@@ -125,7 +112,7 @@ def build(
     timeout_s = parse_duration(timeout, flag="--timeout")
     if timeout_s <= 0:
         raise InputError(f"--timeout: {shown(timeout)} must be more than zero")
-    dest = resolve_dest(dest_dir)
+    dest = resolve_dest_dir(dest_dir)
     return FetchSpec(
         type_name=type_name,
         kind=kind,

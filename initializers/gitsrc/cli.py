@@ -14,6 +14,8 @@ from stepkit.clickutil import (
     go_bool_option,
     go_option,
     result_options,
+    retries_option,
+    seconds_option,
 )
 
 
@@ -91,28 +93,19 @@ $HOME. Exits non-zero with one line saying what went wrong; network failures are
     metavar="DIR",
     help="The workspace -path is relative to. [default: the working directory]",
 )
-@go_option(
-    "retries",
-    envvar="STEPKIT_GIT_RETRIES",
-    type=click.IntRange(min=0, max=20),
-    default=3,
-    show_default=True,
-    help="Retries of a network failure.",
-)
-@go_option(
+@retries_option(envvar="STEPKIT_GIT_RETRIES", maximum=20, help="Retries of a network failure.")
+@seconds_option(
     "retry-backoff",
     envvar="STEPKIT_GIT_RETRY_BACKOFF",
-    type=click.FloatRange(min=0),
     default=1.0,
-    show_default=True,
+    minimum=0,
     help="Seconds before the first retry; doubled each time, with jitter.",
 )
-@go_option(
+@seconds_option(
     "timeout",
     envvar="STEPKIT_GIT_TIMEOUT",
-    type=click.FloatRange(min=1),
     default=600.0,
-    show_default=True,
+    minimum=1,
     help="Seconds one network operation may take.",
 )
 @go_option(

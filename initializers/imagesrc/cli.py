@@ -8,9 +8,11 @@ from stepkit.clickutil import (
     CONTEXT_SETTINGS,
     GoCommand,
     common_options,
+    duration_option,
     go_bool_option,
     go_option,
     result_options,
+    retries_option,
 )
 
 
@@ -79,20 +81,15 @@ denied, 130 interrupted.""",
     metavar="FILE",
     help="PEM certificates trusted beside the system's for registry TLS.",
 )
-@go_option(
-    "retries",
+@retries_option(
     envvar="STEPKIT_IMAGE_RETRIES",
-    type=click.IntRange(min=0, max=100),
-    default=3,
-    show_default=True,
+    maximum=100,
     help="Retries of a request that failed transiently (5xx, 429, reset, timeout, cut body).",
 )
-@go_option(
+@duration_option(
     "timeout",
     envvar="STEPKIT_IMAGE_TIMEOUT",
     default="5m",
-    show_default=True,
-    metavar="DURATION",
     help="Time one request may wait for the registry (Go duration: 30s, 5m).",
 )
 @go_bool_option(

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from stepkit import validate
 from stepkit.errors import InputError
 from stepkit.oci.reference import Platform, Reference, parse_reference
-from stepkit.validate import has_control, parse_duration, shown
+from stepkit.validate import has_control, parse_duration, resolve_dest_dir, shown
 
 MAX_PATH_BYTES = 4096
 
@@ -95,19 +95,6 @@ def parse_ca_file(value: str | None, *, flag: str = "--ca-file") -> Path | None:
     return path
 
 
-def resolve_dest(value: str | None) -> Path:
-    """The destination directory, absolute; it may not exist yet, but may not be a symlink."""
-    raw = value if value else os.getcwd()
-    if has_control(raw):
-        raise InputError(f"--dest_dir: control characters in {shown(raw)}")
-    dest = Path(os.path.abspath(raw))
-    if dest.is_symlink():
-        raise InputError(f"--dest_dir: {shown(str(dest))} is a symlink; give the real directory")
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"--dest_dir: {shown(str(dest))} exists and is not a directory")
-    return dest
-
-
 def build(
     *,
     image: str,
@@ -129,7 +116,7 @@ def build(
     return ImageSpec(
         reference=reference,
         path=parse_image_path(path),
-        dest=resolve_dest(dest_dir),
+        dest=resolve_dest_dir(dest_dir),
         platform=(Platform.parse(platform, what="--platform") if platform else Platform.current()),
         insecure=parse_insecure(insecure_registry),
         ca_file=parse_ca_file(ca_file),
