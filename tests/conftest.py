@@ -5,14 +5,19 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.gcspeers import FakeGcs, GcsFaultProxy
 
 STEPKIT = shutil.which("stepkit", path=str(Path(sys.executable).parent)) or "stepkit"
 REAL_HOME = Path(os.environ.get("HOME", "/root"))
@@ -108,6 +113,27 @@ def assert_no_leak(text: str, values: list[str]) -> None:
             assert form not in text, "a secret value (or an encoded form) appeared in the output"
 
 
+# Each path below a root: (st_mode, content or link target).
+Snapshot = dict[str, tuple[int, bytes]]
+
+
+def snapshot(root: Path) -> Snapshot:
+    """Every path below root with its mode and content (or link target)."""
+    out: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                data = os.readlink(path).encode()
+            elif stat.S_ISREG(st.st_mode):
+                data = path.read_bytes()
+            else:
+                data = b""
+            out[str(path.relative_to(root))] = (st.st_mode, data)
+    return out
+
+
 @dataclass
 class Run:
     returncode: int
@@ -136,3 +162,29 @@ def run_stepkit(
         check=False,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    """An empty destination directory below a workspace, as a fetcher's -dest_dir."""
+    path = tmp_path / "workspace" / "src"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
+    """One fake-gcs-server per test module; each test makes its own bucket on it."""
+    from tests.gcspeers import FakeGcs  # only modules that talk to GCS pay for it
+
+    with FakeGcs(tmp_path_factory.mktemp("fake-gcs")) as server:
+        yield server
+
+
+@pytest.fixture
+def gcs_proxy(gcs: FakeGcs) -> Iterator[GcsFaultProxy]:
+    """A fault-injecting proxy in front of the module's fake-gcs-server."""
+    from tests.gcspeers import GcsFaultProxy
+
+    with GcsFaultProxy(gcs) as front:
+        yield front

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import STEPKIT, Run, Secrets, assert_no_leak, run_stepkit
-
-Snapshot = dict[str, tuple[int, bytes]]
+from tests.conftest import STEPKIT, Run, Secrets, assert_no_leak, run_stepkit, snapshot
 
 HUB = "https://index.docker.io/v1/"
 BASELINE_KEYS = {"credential.helper", "credential.https://github.com.username", "core.sshcommand"}
@@ -104,23 +102,6 @@ def assert_rejected(run: Run, *names: str, code: int = 2) -> str:
         assert name in errors[0], errors[0]
     assert run.stdout == ""
     return errors[0]
-
-
-def snapshot(root: Path) -> Snapshot:
-    """Every path below root with its mode and content (or link target)."""
-    out: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                data = os.readlink(path).encode()
-            elif stat.S_ISREG(st.st_mode):
-                data = path.read_bytes()
-            else:
-                data = b""
-            out[str(path.relative_to(root))] = (st.st_mode, data)
-    return out
 
 
 def reject(

@@ -6,7 +6,6 @@ import io
 import itertools
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,24 +20,11 @@ from tests.test_gcsfetcher import fetch, make_zip, sha1hex, stat_value, tree
 _buckets = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
-    with FakeGcs(tmp_path_factory.mktemp("fake-gcs")) as gcs:
-        yield gcs
-
-
 @pytest.fixture
-def bucket(server: FakeGcs) -> str:
+def bucket(gcs: FakeGcs) -> str:
     name = f"adv-{next(_buckets)}"
-    server.make_bucket(name, versioning=True)
+    gcs.make_bucket(name, versioning=True)
     return name
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace" / "src"
-    path.mkdir(parents=True)
-    return path
 
 
 @pytest.fixture
@@ -67,14 +53,14 @@ def manifest_bytes(entries: dict[str, dict[str, object]]) -> bytes:
 @pytest.mark.parametrize("key", ["../../x", "/abs", "a/../../b", "a//b", "./a", "..", "C:\\x",
                                  "..\\..\\x", "a/\x1b]0;x\x07", ""])  # fmt: skip
 def test_manifest_key_that_could_leave_dest_is_rejected(
-    server: FakeGcs, bucket: str, dest: Path, outside: Path, key: str
+    gcs: FakeGcs, bucket: str, dest: Path, outside: Path, key: str
 ) -> None:
-    gen = server.put(bucket, "obj", b"PWNED")
-    server.put(bucket, "m.json", manifest_bytes({
+    gen = gcs.put(bucket, "obj", b"PWNED")
+    gcs.put(bucket, "m.json", manifest_bytes({
         "fine.txt": {"sourceUrl": f"gs://{bucket}/obj#{gen}"},
         key: {"sourceUrl": f"gs://{bucket}/obj#{gen}"},
     }))  # fmt: skip
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 2, result.output
     assert "manifest" in result.stderr and "entry" in result.stderr
@@ -83,52 +69,48 @@ def test_manifest_key_that_could_leave_dest_is_rejected(
     outside_unchanged(outside, dest)
 
 
-def test_entry_from_a_bucket_not_allowed(server: FakeGcs, bucket: str, dest: Path) -> None:
-    server.make_bucket("elsewhere-bkt")
-    other = server.put("elsewhere-bkt", "secret", b"PWNED")
-    ok = server.put(bucket, "ok", b"fine")
-    server.put(bucket, "m.json", manifest_bytes({
+def test_entry_from_a_bucket_not_allowed(gcs: FakeGcs, bucket: str, dest: Path) -> None:
+    gcs.make_bucket("elsewhere-bkt")
+    other = gcs.put("elsewhere-bkt", "secret", b"PWNED")
+    ok = gcs.put(bucket, "ok", b"fine")
+    gcs.put(bucket, "m.json", manifest_bytes({
         "ok": {"sourceUrl": f"gs://{bucket}/ok#{ok}"},
         "stolen": {"sourceUrl": f"gs://elsewhere-bkt/secret#{other}"},
     }))  # fmt: skip
     args = ("-type=Manifest", f"-location=gs://{bucket}/m.json", f"-dest_dir={dest}")
-    result = fetch(server.env, *args, f"--allowed-buckets={bucket},third-bkt")
+    result = fetch(gcs.env, *args, f"--allowed-buckets={bucket},third-bkt")
     assert result.returncode == 2, result.output
     assert "'stolen'" in result.stderr and "'elsewhere-bkt'" in result.stderr
     assert "--allowed-buckets" in result.stderr
     assert tree(dest) == {}
     # The location itself is held to the list too; without a list any bucket is read.
-    env = {**server.env, "STEPKIT_GCS_ALLOWED_BUCKETS": "third-bkt"}
+    env = {**gcs.env, "STEPKIT_GCS_ALLOWED_BUCKETS": "third-bkt"}
     result = fetch(env, *args)
     assert result.returncode == 2, result.output
     assert "--location" in result.stderr
-    result = fetch(server.env, *args)
+    result = fetch(gcs.env, *args)
     assert result.returncode == 0, result.output
     assert tree(dest) == {"ok": "fine", "stolen": "PWNED"}
 
 
-def test_sha1sum_field_spellings_and_missing_sha1sum(
-    server: FakeGcs, bucket: str, dest: Path
-) -> None:
+def test_sha1sum_field_spellings_and_missing_sha1sum(gcs: FakeGcs, bucket: str, dest: Path) -> None:
     data = b"content\n"
-    gen = server.put(bucket, "obj", data)
+    gen = gcs.put(bucket, "obj", data)
     digest = sha1hex(data)
     # The reference never matched an upper-case "Sha1Sum"; here every spelling is checked.
     wrong = manifest_bytes({
         "a": {"SOURCEURL": f"gs://{bucket}/obj#{gen}", "SHA1SUM": digest.upper()},
         "b": {"sourceurl": f"gs://{bucket}/obj#{gen}", "Sha1Sum": "f" * 40},
     })  # fmt: skip
-    server.put(bucket, "wrong.json", wrong)
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/wrong.json",
+    gcs.put(bucket, "wrong.json", wrong)
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/wrong.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 1, result.output
     assert "'b'" in result.stderr and "sha1sum mismatch" in result.stderr
     assert tree(dest) == {}
     # sha1sum is optional, as in the reference: GCS's own crc32c still checks the bytes.
-    server.put(
-        bucket, "nosum.json", manifest_bytes({"c": {"SourceUrl": f"gs://{bucket}/obj#{gen}"}})
-    )
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/nosum.json",
+    gcs.put(bucket, "nosum.json", manifest_bytes({"c": {"SourceUrl": f"gs://{bucket}/obj#{gen}"}}))
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/nosum.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 0, result.output
     assert tree(dest) == {"c": "content\n"}
@@ -136,13 +118,13 @@ def test_sha1sum_field_spellings_and_missing_sha1sum(
 
 @pytest.mark.parametrize("target", ["../../etc", "/etc/passwd", "x/../..", "a/../../..", ""])
 def test_manifest_symlink_leaving_dest_is_rejected(
-    server: FakeGcs, bucket: str, dest: Path, outside: Path, target: str
+    gcs: FakeGcs, bucket: str, dest: Path, outside: Path, target: str
 ) -> None:
-    gen = server.put(bucket, "link", target.encode())
-    server.put(bucket, "m.json", manifest_bytes({
+    gen = gcs.put(bucket, "link", target.encode())
+    gcs.put(bucket, "m.json", manifest_bytes({
         "sub/l": {"sourceUrl": f"gs://{bucket}/link#{gen}", "mode": gcsmanifest.GO_MODE_SYMLINK | 0o777},
     }))  # fmt: skip
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 2, result.output
     assert "'sub/l'" in result.stderr
@@ -196,15 +178,15 @@ def test_manifest_round_trip_and_modes() -> None:
 
 @pytest.mark.parametrize("name", ["a/../../x", "..%2fx", "../x", "x/../../../../tmp/evil"])
 def test_hostile_object_names_stay_out_of_paths(
-    server: FakeGcs, bucket: str, dest: Path, tmp_path: Path, name: str
+    gcs: FakeGcs, bucket: str, dest: Path, tmp_path: Path, name: str
 ) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
-    gen = server.put(bucket, name, b"payload\n")
-    server.put(bucket, "m.json", manifest_bytes({
+    gen = gcs.put(bucket, name, b"payload\n")
+    gcs.put(bucket, "m.json", manifest_bytes({
         "ok/file": {"sourceUrl": f"gs://{bucket}/{name}#{gen}",
                     "sha1sum": sha1hex(b"payload\n")},
     }))  # fmt: skip
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
                    f"-dest_dir={dest}", "-keep_source")  # fmt: skip
     assert result.returncode == 0, result.output
     assert {k: v for k, v in tree(dest).items() if not k.startswith(".download")} == {
@@ -214,9 +196,9 @@ def test_hostile_object_names_stay_out_of_paths(
     staged = {p.name for p in (dest / ".download").rglob("*")}
     assert {n for n in staged if not n.startswith("stepkit-gcs-")} == {"manifest.json"}
     # The archive itself under such a name.
-    server.put(bucket, name, make_zip({"z": b"zipped"}))
+    gcs.put(bucket, name, make_zip({"z": b"zipped"}))
     out = tmp_path / "out"
-    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/{name}",
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/{name}",
                    f"-dest_dir={out}")  # fmt: skip
     assert result.returncode == 0, result.output
     assert tree(out) == {"z": "zipped"}
@@ -230,15 +212,15 @@ def test_hostile_object_names_stay_out_of_paths(
 
 
 def test_zip_slip_from_gcs_exits_2_and_leaves_dest_unchanged(
-    server: FakeGcs, bucket: str, dest: Path, outside: Path
+    gcs: FakeGcs, bucket: str, dest: Path, outside: Path
 ) -> None:
     (dest / "keep").write_text("mine\n")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("good.txt", "fine")
         zf.writestr("../../sentinel", "PWNED")
-    server.put(bucket, "slip.zip", buf.getvalue())
-    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/slip.zip",
+    gcs.put(bucket, "slip.zip", buf.getvalue())
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/slip.zip",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 2, result.output
     assert stat_value(result.stdout, "Status") == "FAILURE"
@@ -246,15 +228,15 @@ def test_zip_slip_from_gcs_exits_2_and_leaves_dest_unchanged(
     outside_unchanged(outside, dest)
 
 
-def test_archive_with_git_dir_needs_allow_git(server: FakeGcs, bucket: str, dest: Path) -> None:
+def test_archive_with_git_dir_needs_allow_git(gcs: FakeGcs, bucket: str, dest: Path) -> None:
     data = make_zip({".git/config": b"[core]\n\tfsmonitor = touch PWNED\n", "f": b"x"})
-    server.put(bucket, "git.zip", data)
+    gcs.put(bucket, "git.zip", data)
     args = ("-type=ZipArchive", f"-location=gs://{bucket}/git.zip", f"-dest_dir={dest}")
-    result = fetch(server.env, *args)
+    result = fetch(gcs.env, *args)
     assert result.returncode == 2, result.output
     assert ".git" in result.stderr
     assert tree(dest) == {}
-    result = fetch(server.env, *args, "-allow-git")
+    result = fetch(gcs.env, *args, "-allow-git")
     assert result.returncode == 0, result.output
     assert (dest / ".git/config").is_file()
 

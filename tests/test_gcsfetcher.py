@@ -1,4 +1,4 @@
-"""`stepkit gcs-fetcher` against real GCS peers: fake-gcs-server, gcp-storage-emulator, a fault proxy."""
+"""`stepkit gcs-fetcher` against real GCS peers: fake-gcs-server, gcp-storage-emulator, a fault gcs_proxy."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import subprocess
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,31 +28,12 @@ from tests.gcspeers import FakeGcs, GcsFaultProxy, PyGcsEmulator
 _buckets = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
-    with FakeGcs(tmp_path_factory.mktemp("fake-gcs")) as gcs:
-        yield gcs
-
-
 @pytest.fixture
-def bucket(server: FakeGcs) -> str:
+def bucket(gcs: FakeGcs) -> str:
     """A fresh versioned bucket per test on the module's fake-gcs-server."""
     name = f"src-{next(_buckets)}"
-    server.make_bucket(name, versioning=True)
+    gcs.make_bucket(name, versioning=True)
     return name
-
-
-@pytest.fixture
-def proxy(server: FakeGcs) -> Iterator[GcsFaultProxy]:
-    with GcsFaultProxy(server) as front:
-        yield front
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace" / "src"
-    path.mkdir(parents=True)
-    return path
 
 
 def fetch(env: dict[str, str], *args: str, timeout: float = 60) -> Run:
@@ -136,15 +116,15 @@ def assert_no_staging(dest: Path) -> None:
 
 
 def test_zip_archive_extracted_with_modes_and_statistics(
-    server: FakeGcs, bucket: str, dest: Path
+    gcs: FakeGcs, bucket: str, dest: Path
 ) -> None:
     data = make_zip(
         {"app/main.py": b"print(1)\n", "app/run.sh": b"#!/bin/sh\n", "README": b"hi\n"},
         {"app/run.sh": 0o4777},
     )
-    server.put(bucket, "dir/src.zip", data)
+    gcs.put(bucket, "dir/src.zip", data)
     result = fetch(
-        server.env,
+        gcs.env,
         "-type=ZipArchive",
         f"-location=gs://{bucket}/dir/src.zip",
         "-dest_dir",
@@ -167,19 +147,19 @@ def test_zip_archive_extracted_with_modes_and_statistics(
 
 
 def test_targz_archive_older_generation_while_a_newer_exists(
-    server: FakeGcs, bucket: str, dest: Path, tmp_path: Path
+    gcs: FakeGcs, bucket: str, dest: Path, tmp_path: Path
 ) -> None:
-    old = server.put(bucket, "src.tgz", make_tgz({"version.txt": b"one\n"}))
-    new = server.put(bucket, "src.tgz", make_tgz({"version.txt": b"two\n"}))
+    old = gcs.put(bucket, "src.tgz", make_tgz({"version.txt": b"one\n"}))
+    new = gcs.put(bucket, "src.tgz", make_tgz({"version.txt": b"two\n"}))
     result = fetch(
-        server.env, "--type", "TarGzArchive", "--location", f"gs://{bucket}/src.tgz#{old}",
+        gcs.env, "--type", "TarGzArchive", "--location", f"gs://{bucket}/src.tgz#{old}",
         "--dest_dir", str(dest),
     )  # fmt: skip
     assert result.returncode == 0, result.output
     assert tree(dest) == {"version.txt": "one\n"}
     termination = tmp_path / "termination-log"
     result = fetch(
-        server.env, "--type", "TarGzArchive", "--location", f"gs://{bucket}/src.tgz",
+        gcs.env, "--type", "TarGzArchive", "--location", f"gs://{bucket}/src.tgz",
         "--dest_dir", str(tmp_path / "again"), f"-terminationMessagePath={termination}",
     )  # fmt: skip
     assert result.returncode == 0, result.output
@@ -189,7 +169,7 @@ def test_targz_archive_older_generation_while_a_newer_exists(
     ]
     latest = tmp_path / "latest"
     result = fetch(
-        server.env, "--type=TarGzArchive", f"--location=https://storage.googleapis.com/{bucket}/src.tgz",
+        gcs.env, "--type=TarGzArchive", f"--location=https://storage.googleapis.com/{bucket}/src.tgz",
         f"--dest_dir={latest}",
     )  # fmt: skip
     # The https form names real GCS; with STORAGE_EMULATOR_HOST the emulator answers it.
@@ -197,10 +177,10 @@ def test_targz_archive_older_generation_while_a_newer_exists(
     assert tree(latest) == {"version.txt": "two\n"}
 
 
-def test_archive_type_is_zip_and_deprecated(server: FakeGcs, bucket: str, dest: Path) -> None:
-    server.put(bucket, "a.zip", make_zip({"f": b"x"}))
+def test_archive_type_is_zip_and_deprecated(gcs: FakeGcs, bucket: str, dest: Path) -> None:
+    gcs.put(bucket, "a.zip", make_zip({"f": b"x"}))
     env = {
-        **server.env,
+        **gcs.env,
         "STEPKIT_GCS_LOCATION": f"gs://{bucket}/a.zip",
         "STEPKIT_GCS_TYPE": "Archive",
     }
@@ -212,12 +192,12 @@ def test_archive_type_is_zip_and_deprecated(server: FakeGcs, bucket: str, dest: 
 
 
 def test_manifest_modes_symlinks_and_pinned_generation(
-    server: FakeGcs, bucket: str, dest: Path
+    gcs: FakeGcs, bucket: str, dest: Path
 ) -> None:
-    old = server.put(bucket, "objects/conf", b"old config\n")
-    server.put(bucket, "objects/conf", b"new config\n")
-    run_sh = server.put(bucket, "objects/run", b"#!/bin/sh\necho hi\n")
-    link = server.put(bucket, "objects/link", b"../bin/run.sh")
+    old = gcs.put(bucket, "objects/conf", b"old config\n")
+    gcs.put(bucket, "objects/conf", b"new config\n")
+    run_sh = gcs.put(bucket, "objects/run", b"#!/bin/sh\necho hi\n")
+    link = gcs.put(bucket, "objects/link", b"../bin/run.sh")
     manifest = {
         "etc/app.conf": {"sourceUrl": f"gs://{bucket}/objects/conf#{old}",
                          "sha1sum": sha1hex(b"old config\n"), "mode": 0o600},
@@ -227,8 +207,8 @@ def test_manifest_modes_symlinks_and_pinned_generation(
         "lib/run": {"sourceUrl": f"gs://{bucket}/objects/link#{link}", "sha1sum": "",
                     "mode": gcsmanifest.GO_MODE_SYMLINK | 0o777},
     }  # fmt: skip
-    server.put(bucket, "m.json", json.dumps(manifest).encode())
-    result = fetch(server.env, "-type", "Manifest", "-location", f"gs://{bucket}/m.json",
+    gcs.put(bucket, "m.json", json.dumps(manifest).encode())
+    result = fetch(gcs.env, "-type", "Manifest", "-location", f"gs://{bucket}/m.json",
                    "-dest_dir", str(dest))  # fmt: skip
     assert result.returncode == 0, result.output
     assert tree(dest) == {
@@ -246,11 +226,11 @@ def test_manifest_modes_symlinks_and_pinned_generation(
     assert_no_staging(dest)
 
 
-def test_manifest_of_two_thousand_files(server: FakeGcs, bucket: str, dest: Path) -> None:
+def test_manifest_of_two_thousand_files(gcs: FakeGcs, bucket: str, dest: Path) -> None:
     files = {f"pkg{i % 20}/mod{i}.py": f"# {i}\n".encode() * (1 + i % 7) for i in range(2000)}
     modes = {path: 0o755 if i % 3 == 0 else 0o644 for i, path in enumerate(files)}
     entries = []
-    client = server.client()
+    client = gcs.client()
 
     def upload(item: tuple[str, bytes]) -> gcsmanifest.Entry:
         path, data = item
@@ -263,8 +243,8 @@ def test_manifest_of_two_thousand_files(server: FakeGcs, bucket: str, dest: Path
 
     with ThreadPoolExecutor(16) as pool:
         entries = list(pool.map(upload, files.items()))
-    server.put(bucket, "big.json", gcsmanifest.dump(entries))
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/big.json",
+    gcs.put(bucket, "big.json", gcsmanifest.dump(entries))
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/big.json",
                    f"-dest_dir={dest}", "-workers=64", timeout=120)  # fmt: skip
     assert result.returncode == 0, result.output
     got = {
@@ -315,14 +295,14 @@ def test_pure_python_emulator_pinned_generation_is_refused_not_replaced(tmp_path
 
 
 def test_sha1sum_mismatch_fails_and_leaves_dest_unchanged(
-    server: FakeGcs, bucket: str, dest: Path
+    gcs: FakeGcs, bucket: str, dest: Path
 ) -> None:
     (dest / "keep.txt").write_text("mine\n")
-    entries = put_manifest(server, bucket, {"a": b"aaa", "b/c": b"ccc"})
+    entries = put_manifest(gcs, bucket, {"a": b"aaa", "b/c": b"ccc"})
     bad = [gcsmanifest.Entry(e.path, e.source, "0" * 40 if e.path == "b/c" else e.sha1, e.mode)
            for e in entries]  # fmt: skip
-    server.put(bucket, "bad.json", gcsmanifest.dump(bad))
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/bad.json",
+    gcs.put(bucket, "bad.json", gcsmanifest.dump(bad))
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/bad.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 1, result.output
     assert "'b/c'" in result.stderr and "sha1sum mismatch" in result.stderr
@@ -331,31 +311,31 @@ def test_sha1sum_mismatch_fails_and_leaves_dest_unchanged(
 
 
 def test_corrupted_body_is_retried_then_fails(
-    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:
-    server.put(bucket, "src.zip", make_zip({"f": b"x" * 5000}))
+    gcs.put(bucket, "src.zip", make_zip({"f": b"x" * 5000}))
     # Cut short and ended cleanly: the length looks right, only the checksum can tell.
-    proxy.fail("o/src.zip?alt=media", truncate=100, times=3)
-    result = fetch(proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+    gcs_proxy.fail("o/src.zip?alt=media", truncate=100, times=3)
+    result = fetch(gcs_proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
                    f"-dest_dir={dest}", "-retries=2", "-backoff=10ms")  # fmt: skip
     assert result.returncode == 1, result.output
     assert "crc32c mismatch" in result.stderr
     assert "after 3 attempts" in result.stderr
-    assert proxy.count("o/src.zip?alt=media") == 3
+    assert gcs_proxy.count("o/src.zip?alt=media") == 3
     assert stat_value(result.stdout, "Status") == "FAILURE"
     assert stat_value(result.stdout, "Total retries") == "2"
     assert tree(dest) == {}
 
 
 def test_truncated_body_with_reset_is_recovered(
-    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:
-    server.put(bucket, "src.tgz", make_tgz({"f": os.urandom(50_000)}))
-    proxy.fail("o/src.tgz?alt=media", truncate=1000, reset=True)
-    result = fetch(proxy.env, "-type=TarGzArchive", f"-location=gs://{bucket}/src.tgz",
+    gcs.put(bucket, "src.tgz", make_tgz({"f": os.urandom(50_000)}))
+    gcs_proxy.fail("o/src.tgz?alt=media", truncate=1000, reset=True)
+    result = fetch(gcs_proxy.env, "-type=TarGzArchive", f"-location=gs://{bucket}/src.tgz",
                    f"-dest_dir={dest}", "-backoff=10ms")  # fmt: skip
     assert result.returncode == 0, result.output
-    assert proxy.count("o/src.tgz?alt=media") == 2
+    assert gcs_proxy.count("o/src.tgz?alt=media") == 2
     assert stat_value(result.stdout, "Total retries") == "1"
     assert len((dest / "f").read_bytes()) == 50_000
 
@@ -365,14 +345,14 @@ def test_truncated_body_with_reset_is_recovered(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_missing_object_and_missing_generation(server: FakeGcs, bucket: str, dest: Path) -> None:
-    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/nope.zip",
+def test_missing_object_and_missing_generation(gcs: FakeGcs, bucket: str, dest: Path) -> None:
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/nope.zip",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 1, result.output
     assert f"gs://{bucket}/nope.zip: no such object" in result.stderr
     assert stat_value(result.stdout, "Status") == "FAILURE"
-    gen = server.put(bucket, "there.zip", make_zip({"f": b"x"}))
-    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/there.zip#{gen + 7}",
+    gen = gcs.put(bucket, "there.zip", make_zip({"f": b"x"}))
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/there.zip#{gen + 7}",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 1, result.output
     assert f"generation {gen + 7} of gs://{bucket}/there.zip: no such object" in result.stderr
@@ -380,12 +360,12 @@ def test_missing_object_and_missing_generation(server: FakeGcs, bucket: str, des
 
 
 def test_permission_denied_exits_3_naming_the_permission(
-    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:
-    put_manifest(server, bucket, {"a": b"1", "b": b"2"})
+    put_manifest(gcs, bucket, {"a": b"1", "b": b"2"})
     secret_digest = sha1hex(b"2")
-    proxy.deny(f"objects/{secret_digest}")
-    result = fetch(proxy.env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
+    gcs_proxy.deny(f"objects/{secret_digest}")
+    result = fetch(gcs_proxy.env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 3, result.output
     assert "storage.objects.get" in result.stderr
@@ -393,51 +373,51 @@ def test_permission_denied_exits_3_naming_the_permission(
     assert "roles/storage.objectViewer" in result.stderr
     assert stat_value(result.stdout, "Status") == "FAILURE"
     # A denial is not retried.
-    assert proxy.count(f"objects/{secret_digest}") == 1
+    assert gcs_proxy.count(f"objects/{secret_digest}") == 1
     assert tree(dest) == {}
 
 
 def test_5xx_and_resets_recovered_by_retry(
-    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:
     files = {f"f{i}": f"content {i}".encode() for i in range(6)}
-    put_manifest(server, bucket, files)
+    put_manifest(gcs, bucket, files)
     d1 = sha1hex(files["f1"])
     d2 = sha1hex(files["f2"])
-    proxy.fail(f"objects/{d1}", status=503)
-    proxy.fail(f"objects/{d1}", status=429)
-    proxy.fail(f"objects/{d2}", reset=True)
-    proxy.fail("o/manifest.json?alt=media", status=500)
-    result = fetch(proxy.env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
+    gcs_proxy.fail(f"objects/{d1}", status=503)
+    gcs_proxy.fail(f"objects/{d1}", status=429)
+    gcs_proxy.fail(f"objects/{d2}", reset=True)
+    gcs_proxy.fail("o/manifest.json?alt=media", status=500)
+    result = fetch(gcs_proxy.env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
                    f"-dest_dir={dest}", "-backoff=10ms", "-workers=4")  # fmt: skip
     assert result.returncode == 0, result.output
     assert tree(dest) == {k: v.decode() for k, v in files.items()}
-    assert proxy.count(f"objects/{d1}") == 3
-    assert proxy.count(f"objects/{d2}") == 2
+    assert gcs_proxy.count(f"objects/{d1}") == 3
+    assert gcs_proxy.count(f"objects/{d2}") == 2
     assert stat_value(result.stdout, "Total retries") == "4"
 
 
 def test_bounded_failure_when_retries_run_out(
-    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:
-    server.put(bucket, "src.zip", make_zip({"f": b"x"}))
-    proxy.fail("o/src.zip?alt=media", status=503, times=50)
-    result = fetch(proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+    gcs.put(bucket, "src.zip", make_zip({"f": b"x"}))
+    gcs_proxy.fail("o/src.zip?alt=media", status=503, times=50)
+    result = fetch(gcs_proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
                    f"-dest_dir={dest}", "-retries=2", "-backoff=1ms")  # fmt: skip
     assert result.returncode == 1, result.output
     assert "HTTP 503" in result.stderr and "after 3 attempts" in result.stderr
-    assert proxy.count("o/src.zip?alt=media") == 3
+    assert gcs_proxy.count("o/src.zip?alt=media") == 3
     assert stat_value(result.stdout, "Total retries") == "2"
     assert_no_staging(dest)
     assert tree(dest) == {}
 
 
 def test_stalled_attempt_is_cancelled_and_retried(
-    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:
-    server.put(bucket, "src.zip", make_zip({"f": b"fresh"}))
-    proxy.fail("o/src.zip?alt=media", stall=4)
-    result = fetch(proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+    gcs.put(bucket, "src.zip", make_zip({"f": b"fresh"}))
+    gcs_proxy.fail("o/src.zip?alt=media", stall=4)
+    result = fetch(gcs_proxy.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
                    f"-dest_dir={dest}", "-timeout=1s", "-backoff=10ms", "-verbose")  # fmt: skip
     assert result.returncode == 0, result.output
     # The stalled request is still open in the proxy (it records a request once answered),
@@ -448,11 +428,11 @@ def test_stalled_attempt_is_cancelled_and_retried(
 
 
 def test_progress_lines_while_a_download_is_slow(
-    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:
-    put_manifest(server, bucket, {"a": b"1", "b": b"2"})
-    proxy.fail(f"objects/{sha1hex(b'2')}", stall=2)
-    env = {**proxy.env, "STEPKIT_GCS_PROGRESS_SECONDS": "0.2"}
+    put_manifest(gcs, bucket, {"a": b"1", "b": b"2"})
+    gcs_proxy.fail(f"objects/{sha1hex(b'2')}", stall=2)
+    env = {**gcs_proxy.env, "STEPKIT_GCS_PROGRESS_SECONDS": "0.2"}
     result = fetch(env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 0, result.output
@@ -460,16 +440,16 @@ def test_progress_lines_while_a_download_is_slow(
 
 
 def test_gzip_encoded_object_is_verified_and_stored_decompressed(
-    server: FakeGcs, bucket: str, dest: Path
+    gcs: FakeGcs, bucket: str, dest: Path
 ) -> None:
-    blob = server.client().bucket(bucket).blob("notes.txt")
+    blob = gcs.client().bucket(bucket).blob("notes.txt")
     blob.content_encoding = "gzip"
     blob.upload_from_string(gzip.compress(b"plain text\n"), content_type="text/plain")
-    server.put(bucket, "m.json", json.dumps({"notes.txt": {
+    gcs.put(bucket, "m.json", json.dumps({"notes.txt": {
         "sourceUrl": f"gs://{bucket}/notes.txt#{blob.generation}",
         "sha1sum": sha1hex(b"plain text\n"),
     }}).encode())  # fmt: skip
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 0, result.output
     assert tree(dest) == {"notes.txt": "plain text\n"}
@@ -481,19 +461,19 @@ def test_gzip_encoded_object_is_verified_and_stored_decompressed(
 
 
 def test_sigterm_during_a_stalled_download_cleans_up(
-    server: FakeGcs, proxy: GcsFaultProxy, bucket: str, dest: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:
     (dest / "keep").write_text("mine\n")
-    server.put(bucket, "src.zip", make_zip({"f": b"x"}))
-    proxy.fail("o/src.zip?alt=media", stall=60)
+    gcs.put(bucket, "src.zip", make_zip({"f": b"x"}))
+    gcs_proxy.fail("o/src.zip?alt=media", stall=60)
     proc = subprocess.Popen(
         [STEPKIT, "gcs-fetcher", "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
          f"-dest_dir={dest}", "-timeout=10m"],
-        env={**os.environ, **proxy.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **gcs_proxy.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         # Wait until the metadata request was answered: the download is the stalled request.
-        while proxy.count("o/src.zip") < 1 and proc.poll() is None:
+        while gcs_proxy.count("o/src.zip") < 1 and proc.poll() is None:
             time.sleep(0.05)
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
@@ -507,10 +487,10 @@ def test_sigterm_during_a_stalled_download_cleans_up(
     assert tree(dest) == {"keep": "mine\n"}
 
 
-def test_keep_source_keeps_the_archive(server: FakeGcs, bucket: str, dest: Path) -> None:
+def test_keep_source_keeps_the_archive(gcs: FakeGcs, bucket: str, dest: Path) -> None:
     data = make_zip({"f": b"x"})
-    server.put(bucket, "src.zip", data)
-    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+    gcs.put(bucket, "src.zip", data)
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
                    f"-dest_dir={dest}", "-keep_source")  # fmt: skip
     assert result.returncode == 0, result.output
     kept = list((dest / ".download").glob("*/source.zip"))
@@ -518,11 +498,11 @@ def test_keep_source_keeps_the_archive(server: FakeGcs, bucket: str, dest: Path)
 
 
 def test_custom_staging_folder_removed_on_failure(
-    server: FakeGcs, bucket: str, dest: Path, tmp_path: Path
+    gcs: FakeGcs, bucket: str, dest: Path, tmp_path: Path
 ) -> None:
-    server.put(bucket, "bad.zip", b"this is not a zip file")
+    gcs.put(bucket, "bad.zip", b"this is not a zip file")
     staging = tmp_path / "stage" / "here"
-    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/bad.zip",
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/bad.zip",
                    f"-dest_dir={dest}", f"-staging_folder={staging}")  # fmt: skip
     assert result.returncode == 2, result.output
     assert not staging.exists() and not staging.parent.exists()
@@ -530,31 +510,31 @@ def test_custom_staging_folder_removed_on_failure(
 
 
 def test_planted_symlink_in_dest_is_not_written_through(
-    server: FakeGcs, bucket: str, dest: Path, tmp_path: Path
+    gcs: FakeGcs, bucket: str, dest: Path, tmp_path: Path
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "sentinel").write_text("untouched\n")
     (dest / "sub").symlink_to(outside)
-    server.put(bucket, "src.zip", make_zip({"sub/sentinel": b"PWNED", "sub/new": b"PWNED"}))
-    result = fetch(server.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+    gcs.put(bucket, "src.zip", make_zip({"sub/sentinel": b"PWNED", "sub/new": b"PWNED"}))
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 2, result.output
     assert "symbolic link" in result.stderr
     assert tree(outside) == {"sentinel": "untouched\n"}
-    entries = put_manifest(server, bucket, {"sub/new": b"PWNED"}, name="m.json")
+    entries = put_manifest(gcs, bucket, {"sub/new": b"PWNED"}, name="m.json")
     assert entries
-    result = fetch(server.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
+    result = fetch(gcs.env, "-type=Manifest", f"-location=gs://{bucket}/m.json",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 2, result.output
     assert tree(outside) == {"sentinel": "untouched\n"}
     assert_no_staging(dest)
 
 
-def test_large_object_in_parallel_ranges(server: FakeGcs, bucket: str, dest: Path) -> None:
+def test_large_object_in_parallel_ranges(gcs: FakeGcs, bucket: str, dest: Path) -> None:
     blob = os.urandom(40 << 20)
-    server.put(bucket, "big.tgz", make_tgz({"blob.bin": blob}))
-    result = fetch(server.env, "-type=TarGzArchive", f"-location=gs://{bucket}/big.tgz",
+    gcs.put(bucket, "big.tgz", make_tgz({"blob.bin": blob}))
+    result = fetch(gcs.env, "-type=TarGzArchive", f"-location=gs://{bucket}/big.tgz",
                    f"-dest_dir={dest}", "-verbose", timeout=120)  # fmt: skip
     assert result.returncode == 0, result.output
     assert "ranges" in result.stderr

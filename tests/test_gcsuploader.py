@@ -8,7 +8,7 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,18 +19,6 @@ from tests.conftest import Run, run_stepkit
 from tests.gcspeers import FakeGcs, GcsFaultProxy
 
 _buckets = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
-    with FakeGcs(tmp_path_factory.mktemp("gcs")) as server:
-        yield server
-
-
-@pytest.fixture
-def proxy(gcs: FakeGcs) -> Iterator[GcsFaultProxy]:
-    with GcsFaultProxy(gcs) as p:
-        yield p
 
 
 @pytest.fixture
@@ -97,20 +85,25 @@ def manifest_of(
     return gcsmanifest.parse(gcs.get(bucket, name), what="manifest")
 
 
-def uploads(proxy: GcsFaultProxy) -> int:
-    return sum(1 for r in proxy.requests if r.method in ("POST", "PUT") and "/upload/" in r.path)
+def uploads(gcs_proxy: GcsFaultProxy) -> int:
+    return sum(
+        1 for r in gcs_proxy.requests if r.method in ("POST", "PUT") and "/upload/" in r.path
+    )
 
 
-def test_upload_tree(gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path) -> None:
+def test_upload_tree(gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     tree = make_tree(src)
     (src / "nothing-here").mkdir()
-    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env, "--workers", "4")
+    run = upload(src, f"gs://{bucket}/m/manifest.json", gcs_proxy.env, "--workers", "4")
     assert run.returncode == 0, run.output
     # big.bin went as a resumable upload, the rest as single requests; all conditional.
-    assert [r.method for r in proxy.requests if "uploadType=resumable" in r.path] == ["POST", "PUT"]
-    posts = [r.path for r in proxy.requests if r.method == "POST" and "/upload/" in r.path]
+    assert [r.method for r in gcs_proxy.requests if "uploadType=resumable" in r.path] == [
+        "POST",
+        "PUT",
+    ]
+    posts = [r.path for r in gcs_proxy.requests if r.method == "POST" and "/upload/" in r.path]
     conditional = [p for p in posts if "ifGenerationMatch=0" in p]
     assert len(posts) - len(conditional) == 1, "only the manifest is written unconditionally"
     assert "'nothing-here'" in run.stderr and "empty directory" in run.stderr
@@ -144,32 +137,32 @@ def test_upload_tree(gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: 
 
 
 def test_second_upload_sends_nothing_new_and_a_change_sends_one(
-    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(20):
         (src / f"f{i}.txt").write_bytes(f"file {i}\n".encode())
     location = f"gs://{bucket}/m/manifest.json"
-    first = upload(src, location, proxy.env)
+    first = upload(src, location, gcs_proxy.env)
     assert first.returncode == 0, first.output
-    assert uploads(proxy) == 21
+    assert uploads(gcs_proxy) == 21
     before = {e.path: e for e in manifest_of(gcs, bucket)}
 
-    proxy.requests.clear()
-    second = upload(src, location, proxy.env)
+    gcs_proxy.requests.clear()
+    second = upload(src, location, gcs_proxy.env)
     assert second.returncode == 0, second.output
-    assert uploads(proxy) == 1, "only the manifest is written again"
+    assert uploads(gcs_proxy) == 1, "only the manifest is written again"
     # One metadata read per object already present, and nothing else about objects.
-    assert sum(1 for r in proxy.requests if "/o/" in r.path) == 20
+    assert sum(1 for r in gcs_proxy.requests if "/o/" in r.path) == 20
     assert "0 uploaded" in second.stderr and "20 already present" in second.stderr
     assert {e.path: e for e in manifest_of(gcs, bucket)} == before
 
     (src / "f7.txt").write_bytes(b"changed\n")
-    proxy.requests.clear()
-    third = upload(src, location, proxy.env)
+    gcs_proxy.requests.clear()
+    third = upload(src, location, gcs_proxy.env)
     assert third.returncode == 0, third.output
-    assert uploads(proxy) == 2, "the changed file's object and the manifest"
+    assert uploads(gcs_proxy) == 2, "the changed file's object and the manifest"
     after = {e.path: e for e in manifest_of(gcs, bucket)}
     assert after["f7.txt"].source.name == sha1(b"changed\n")
     assert gcs.get(bucket, sha1(b"changed\n")) == b"changed\n"
@@ -275,17 +268,21 @@ def _drive(src: Path) -> str:
     ],
 )
 def test_hostile_tree_is_refused_before_any_upload(
-    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path, plant: Callable[[Path], str]
+    gcs: FakeGcs,
+    gcs_proxy: GcsFaultProxy,
+    bucket: str,
+    tmp_path: Path,
+    plant: Callable[[Path], str],
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "fine.txt").write_bytes(b"fine")
     named = plant(src)
-    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env)
+    run = upload(src, f"gs://{bucket}/m/manifest.json", gcs_proxy.env)
     assert run.returncode == 2, run.output
     [line] = run.stderr.strip().splitlines()
     assert named in line, line
-    assert proxy.requests == [], "refused before any request"
+    assert gcs_proxy.requests == [], "refused before any request"
     assert gcs.names(bucket) == []
 
 
@@ -303,85 +300,85 @@ def test_hostile_tree_is_refused_before_any_upload(
     ],
 )
 def test_bad_flags_exit_2(
-    proxy: GcsFaultProxy, tmp_path: Path, args: list[str], named: str
+    gcs_proxy: GcsFaultProxy, tmp_path: Path, args: list[str], named: str
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a").write_bytes(b"a")
     full = ["--dir", str(src), *args] if "--dir" not in args else args
-    run = run_stepkit("gcs-uploader", *full, env=proxy.env)
+    run = run_stepkit("gcs-uploader", *full, env=gcs_proxy.env)
     assert run.returncode == 2, run.output
     assert named in run.stderr.strip().splitlines()[-1]
-    assert proxy.requests == []
+    assert gcs_proxy.requests == []
 
 
-def test_dir_that_is_a_file(proxy: GcsFaultProxy, tmp_path: Path) -> None:
+def test_dir_that_is_a_file(gcs_proxy: GcsFaultProxy, tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"x")
-    run = upload(tmp_path / "file", "gs://bucket-ok/m.json", proxy.env)
+    run = upload(tmp_path / "file", "gs://bucket-ok/m.json", gcs_proxy.env)
     assert run.returncode == 2, run.output
     assert "--dir" in run.stderr and "not a directory" in run.stderr
 
 
 def test_permission_denied_exits_3(
-    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_bytes(b"a")
-    proxy.deny("/upload/")
-    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env)
+    gcs_proxy.deny("/upload/")
+    run = upload(src, f"gs://{bucket}/m/manifest.json", gcs_proxy.env)
     assert run.returncode == 3, run.output
     assert "storage.objects.create" in run.stderr
     assert gcs.names(bucket) == []
 
 
 def test_read_denied_exits_3(
-    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_bytes(b"a")
-    proxy.deny(f"/o/{sha1(b'a')}")
-    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env)
+    gcs_proxy.deny(f"/o/{sha1(b'a')}")
+    run = upload(src, f"gs://{bucket}/m/manifest.json", gcs_proxy.env)
     assert run.returncode == 3, run.output
     assert "storage.objects.get" in run.stderr
     assert gcs.names(bucket) == []
 
 
 def test_5xx_and_resets_are_retried(
-    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_bytes(b"a")
     (src / "b.txt").write_bytes(b"b")
-    proxy.fail("/upload/", status=503, times=2)
-    proxy.fail(f"/o/{sha1(b'b')}", reset=True)
-    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env)
+    gcs_proxy.fail("/upload/", status=503, times=2)
+    gcs_proxy.fail(f"/o/{sha1(b'b')}", reset=True)
+    run = upload(src, f"gs://{bucket}/m/manifest.json", gcs_proxy.env)
     assert run.returncode == 0, run.output
     assert "3 retries" in run.stderr
     assert {e.path for e in manifest_of(gcs, bucket)} == {"a.txt", "b.txt"}
 
 
 def test_retries_run_out_leave_no_manifest(
-    gcs: FakeGcs, proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_bytes(b"a")
-    proxy.fail("/upload/", status=503, times=50)
-    run = upload(src, f"gs://{bucket}/m/manifest.json", proxy.env, "--retries", "2")
+    gcs_proxy.fail("/upload/", status=503, times=50)
+    run = upload(src, f"gs://{bucket}/m/manifest.json", gcs_proxy.env, "--retries", "2")
     assert run.returncode == 1, run.output
     assert "after 2 retries" in run.stderr
-    assert proxy.count("/upload/") == 3
+    assert gcs_proxy.count("/upload/") == 3
     assert gcs.names(bucket) == []
 
 
-def test_missing_bucket_fails(proxy: GcsFaultProxy, tmp_path: Path) -> None:
+def test_missing_bucket_fails(gcs_proxy: GcsFaultProxy, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_bytes(b"a")
-    run = upload(src, "gs://no-such-bucket/m.json", proxy.env)
+    run = upload(src, "gs://no-such-bucket/m.json", gcs_proxy.env)
     assert run.returncode == 1, run.output
     assert "no-such-bucket" in run.stderr.strip().splitlines()[-1]
 

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,7 +19,15 @@ import pytest
 from initializers.gitsrc import fetch as fetchmod
 from initializers.gitsrc import spec as specmod
 from stepkit.errors import InputError, StepkitError
-from tests.conftest import STEPKIT, Run, Secrets, assert_no_leak, run_stepkit
+from tests.conftest import (
+    STEPKIT,
+    Run,
+    Secrets,
+    Snapshot,
+    assert_no_leak,
+    run_stepkit,
+    snapshot,
+)
 from tests.gitrepos import (
     HostileRepo,
     make_case_collision_repo,
@@ -47,8 +54,6 @@ from tests.peers import (
     make_repo,
     run_git,
 )
-
-Snapshot = dict[str, tuple[int, bytes]]
 
 REAL_GIT = shutil.which("git") or "/usr/bin/git"
 # Bytes no line of stderr may carry raw: C0 (but the line feeds between lines), DEL and C1.
@@ -80,23 +85,6 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Origin:
 def http(origin: Origin) -> Iterator[GitHttpServer]:
     with GitHttpServer(origin.root, {}) as server:
         yield server
-
-
-def snapshot(root: Path) -> Snapshot:
-    """Every path below root with its mode and content (or link target)."""
-    out: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                data = os.readlink(path).encode()
-            elif stat.S_ISREG(st.st_mode):
-                data = path.read_bytes()
-            else:
-                data = b""
-            out[str(path.relative_to(root))] = (st.st_mode, data)
-    return out
 
 
 @dataclass

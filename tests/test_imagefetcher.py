@@ -178,13 +178,6 @@ def images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict
     return pushed
 
 
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace" / "src"
-    path.mkdir(parents=True)
-    return path
-
-
 def ca(registry: Registry) -> str:
     """The registry's test CA (TokenRegistry's issuer serves the same certificate)."""
     return f"--ca-file={registry.ca_pem}"
