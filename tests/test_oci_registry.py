@@ -7,10 +7,15 @@ import hashlib
 import json
 import os
 import platform as host_platform
+import select
+import socket
+import socketserver
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1085,3 +1090,72 @@ def test_which_token_realms_get_basic_credentials(realm: str, registry: str, tru
         assert client._realm_trusted(urlsplit(realm), registry) is trusted
     finally:
         client.close()
+
+
+class _AuthProxyHandler(socketserver.StreamRequestHandler):
+    """A CONNECT proxy that wants Proxy-Authorization, as corporate proxies do.
+
+    No peer in tests/peers.py authenticates proxy clients (FlakyProxy and FailingHttpProxy
+    only forward), so this minimal one lives here.
+    """
+
+    def handle(self) -> None:
+        server: Any = self.server
+        request = self.rfile.readline().decode("latin-1").split()
+        headers: dict[str, str] = {}
+        while (line := self.rfile.readline().decode("latin-1").strip()) != "":
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        server.seen.append(headers.get("proxy-authorization"))
+        if headers.get("proxy-authorization") != server.want:
+            self.wfile.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n")
+            self.wfile.write(b'Proxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n')
+            return
+        host, _, port = request[1].rpartition(":")
+        upstream = socket.create_connection((host.strip("[]"), int(port)))
+        self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.wfile.flush()
+        sockets = [self.connection, upstream]
+        try:
+            while True:
+                ready, _, _ = select.select(sockets, [], [], 10)
+                if not ready:
+                    return
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (upstream if sock is self.connection else self.connection).sendall(data)
+        finally:
+            upstream.close()
+
+
+def test_https_proxy_with_credentials_in_its_url(
+    hostile: HostileRegistry,
+    isolated_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # HTTPS_PROXY=http://user:pass@proxy:port is how an authenticating proxy is named;
+    # urllib3's ProxyManager ignores the URL's user info, so it must become a header.
+    hostile.add_image("org/app", "v1", [LAYER], platform="linux/amd64")
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _AuthProxyHandler)
+    server.daemon_threads = True
+    proxy_secret = "pr0xy-s3cret"
+    server.want = "Basic " + _b64(f"puser:{proxy_secret}")  # type: ignore[attr-defined]
+    server.seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        proxy = f"http://puser:{proxy_secret}@127.0.0.1:{server.server_address[1]}"
+        for name in ("HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, proxy)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        with _client(hostile.ca_file) as client:
+            image = client.resolve(parse_reference(f"{hostile.host}/org/app:v1", what="x"), AMD64)
+            assert _fetch_all(client, image, tmp_path) == [LAYER]
+        assert server.seen and all(s == server.want for s in server.seen)  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()

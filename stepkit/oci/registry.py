@@ -13,6 +13,7 @@ the file is removed on any failure.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -611,7 +612,7 @@ class RegistryClient:
             if manager is None:
                 kwargs: dict[str, Any] = {"retries": False, "ssl_context": self._ssl, "maxsize": 8}
                 manager = (
-                    urllib3.ProxyManager(proxy, **kwargs)
+                    urllib3.ProxyManager(proxy, proxy_headers=_proxy_auth(proxy), **kwargs)
                     if proxy
                     else urllib3.PoolManager(**kwargs)
                 )
@@ -871,6 +872,21 @@ def _proxy_for(url: str) -> str | None:
     if bypass(parts.netloc):
         return None
     return urllib.request.getproxies_environment().get(parts.scheme)
+
+
+def _proxy_auth(proxy: str) -> dict[str, str] | None:
+    """Proxy-Authorization from a proxy URL's user info: urllib3 does not read it from there."""
+    from urllib.parse import unquote
+
+    from stepkit import secret as secretreg
+
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return None
+    user, password = unquote(parts.username), unquote(parts.password or "")
+    secretreg.register_pair(user, password)
+    raw = f"{user}:{password}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
 
 
 def _hostname(netloc: str) -> str:
