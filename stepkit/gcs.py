@@ -57,8 +57,12 @@ def parse_location(value: str, *, what: str) -> Location:
         bucket, sep, name = rest.partition("/")
         name, hash_sign, generation = name.partition("#")
     elif value.startswith("https://"):
-        parts = urlsplit(value)
-        if parts.hostname != HTTPS_HOST or parts.query or parts.username or parts.port:
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError for a port that is not a number
+        except ValueError:
+            port = -1
+        if port or parts.hostname != HTTPS_HOST or parts.query or parts.username:
             raise InputError(
                 f"{what}: expected gs://BUCKET/OBJECT or https://{HTTPS_HOST}/BUCKET/OBJECT, "
                 f"got {shown(value)}"
@@ -223,7 +227,19 @@ class GcsClient:
                 import importlib
 
                 transport: Any = importlib.import_module("google.auth.transport.urllib3")
-                self.credentials.before_request(transport.Request(self.http), "GET", url, headers)
+                auth_errors: Any = importlib.import_module("google.auth.exceptions")
+                try:
+                    self.credentials.before_request(
+                        transport.Request(self.http), "GET", url, headers
+                    )
+                except (auth_errors.RefreshError, auth_errors.TransportError) as exc:
+                    # Raised bare these would be "internal error", exit 1, and never retried.
+                    why = printable(" ".join(str(exc.args[0] if exc.args else exc).split()))[:200]
+                    if isinstance(exc, auth_errors.RefreshError) and not getattr(
+                        exc, "retryable", False
+                    ):
+                        raise DeniedError(f"cannot get an access token: {why}") from None
+                    raise TransientError(f"cannot get an access token: {why}") from None
         return headers
 
     def _object_path(self, loc: Location) -> str:

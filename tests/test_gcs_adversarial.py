@@ -146,6 +146,10 @@ def test_manifest_symlink_leaving_dest_is_rejected(
         (b'{"a": {"sourceUrl": "gs://bkt/x", "extra": 1}}', "unknown field"),
         (b'{"a": {"sourceUrl": "gs://bkt/x"}, "a": {"sourceUrl": "gs://bkt/y"}}', "twice"),
         (b'{"a": {"sourceUrl": "gs://bkt/x"}, "a/b": {"sourceUrl": "gs://bkt/y"}}', "parent"),
+        # urlsplit's port and host checks raise ValueError: exit 2 naming the entry, not 1.
+        (b'{"a": {"sourceUrl": "https://storage.googleapis.com:x/bkt/o"}}', "sourceUrl"),
+        (b'{"a": {"sourceUrl": "https://storage.googleapis.com:99999/bkt/o"}}', "sourceUrl"),
+        (b'{"a": {"sourceUrl": "https://[::1/bkt/o"}}', "sourceUrl"),
     ],
 )
 def test_manifest_parse_rejects(manifest: bytes, message: str) -> None:
@@ -239,6 +243,24 @@ def test_archive_with_git_dir_needs_allow_git(gcs: FakeGcs, bucket: str, dest: P
     result = fetch(gcs.env, *args, "-allow-git")
     assert result.returncode == 0, result.output
     assert (dest / ".git/config").is_file()
+
+
+def test_manifest_with_git_dir_needs_allow_git(gcs: FakeGcs, bucket: str, dest: Path) -> None:
+    # A manifest is a source tree like an archive: its .git/config runs code with git (44).
+    cfg = gcs.put(bucket, "cfg", b"[core]\n\tfsmonitor = touch PWNED\n")
+    ok = gcs.put(bucket, "ok", b"x")
+    gcs.put(bucket, "m.json", manifest_bytes({
+        ".GIT/config": {"sourceUrl": f"gs://{bucket}/cfg#{cfg}"},
+        "f": {"sourceUrl": f"gs://{bucket}/ok#{ok}"},
+    }))  # fmt: skip
+    args = ("-type=Manifest", f"-location=gs://{bucket}/m.json", f"-dest_dir={dest}")
+    result = fetch(gcs.env, *args)
+    assert result.returncode == 2, result.output
+    assert ".git" in result.stderr
+    assert tree(dest) == {}
+    result = fetch(gcs.env, *args, "-allow-git")
+    assert result.returncode == 0, result.output
+    assert (dest / ".GIT/config").is_file()
 
 
 @pytest.mark.parametrize(

@@ -377,6 +377,55 @@ def test_permission_denied_exits_3_naming_the_permission(
     assert tree(dest) == {}
 
 
+def test_failure_does_not_wait_for_a_stalled_download(
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    # One download waits for an answer that does not come while another is denied: the
+    # denial ends the fetch now, not when the stalled request times out.
+    put_manifest(gcs, bucket, {"a": b"1", "b": b"2"})
+    gcs_proxy.deny(f"objects/{sha1hex(b'1')}")
+    gcs_proxy.fail(f"objects/{sha1hex(b'2')}", stall=30)
+    started = time.monotonic()
+    result = fetch(gcs_proxy.env, "-type=Manifest", f"-location=gs://{bucket}/manifest.json",
+                   f"-dest_dir={dest}", "-workers=2", "-timeout=60s")  # fmt: skip
+    assert result.returncode == 3, result.output
+    assert time.monotonic() - started < 15
+    assert tree(dest) == {}
+
+
+class _FailingCredentials:
+    """A mock, as no peer can make google-auth's token refresh fail (no metadata server here)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def before_request(self, *args: object) -> None:
+        raise self.exc
+
+
+def test_credential_refresh_failure_is_mapped(gcs: FakeGcs, bucket: str) -> None:
+    from google.auth.exceptions import RefreshError, TransportError
+
+    from stepkit.errors import DeniedError
+    from stepkit.gcs import GcsClient, TransientError
+
+    loc = Location(bucket, "x")
+    denied = GcsClient(
+        _FailingCredentials(RefreshError("invalid_grant: account not found")),  # type: ignore[no-untyped-call]
+        base_url=gcs.url,
+        pool_size=1,
+    )
+    with pytest.raises(DeniedError, match="invalid_grant"):
+        denied.metadata(loc, timeout=5)
+    down = GcsClient(
+        _FailingCredentials(TransportError("metadata server unreachable")),  # type: ignore[no-untyped-call]
+        base_url=gcs.url,
+        pool_size=1,
+    )
+    with pytest.raises(TransientError, match="unreachable"):
+        down.media(loc, connect_timeout=5, read_timeout=5)
+
+
 def test_5xx_and_resets_recovered_by_retry(
     gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:

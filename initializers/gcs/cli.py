@@ -109,7 +109,7 @@ STORAGE_EMULATOR_HOST points at an emulator. Exit codes: 0 done, 1 failed, 2 bad
     "allow-git",
     envvar="STEPKIT_GCS_ALLOW_GIT",
     default=False,
-    help="Extract archives that contain a .git directory (its config and hooks run with git).",
+    help="Fetch archives and manifests that contain a .git directory (its config and hooks run with git).",
 )
 @result_options("the result `location` (gs://BUCKET/OBJECT#GENERATION as fetched)")
 @click.option(

@@ -410,7 +410,7 @@ class Downloader:
                 error = future.exception()
                 if error is not None:
                     self.abort()
-                    wait(futures)
+                    wait(futures, timeout=SHUTDOWN_WAIT)
                     raise error
         finally:
             pool.shutdown(SHUTDOWN_WAIT)
@@ -592,7 +592,8 @@ class Fetcher:
             failed = [f for f in done if f.exception() is not None]
             if failed:
                 self.downloader.abort()
-                wait(pending)
+                # A worker still waiting for an answer cannot be woken: it is left behind.
+                wait(pending, timeout=SHUTDOWN_WAIT)
                 errors = [f.exception() for f in futures if f.done() and f.exception()]
                 real = [e for e in errors if not isinstance(e, _Cancelled)]
                 # A denial outranks the rest: it is the one the user must act on.
@@ -687,6 +688,13 @@ class Fetcher:
             check_bucket(
                 entry.source, spec.allowed_buckets, what=f"manifest entry {shown(entry.path)}"
             )
+            if not spec.allow_git and any(
+                archive.is_git_name(part) for part in entry.path.split("/")
+            ):
+                raise InputError(
+                    f"manifest entry {shown(entry.path)}: a .git directory would let the "
+                    "manifest configure git for later steps (allow it with -allow-git)"
+                )
         with self.stats.lock:
             self.stats.files = len(entries)
             self.stats.files_done = 0
