@@ -105,7 +105,7 @@ image-deps:
 image-debs:
 	$(call ensure-debs,$(IMAGE_DEB_PACKAGES))
 
-# Re-resolve the images' dependencies (needs PyPI); commit the two lock files it rewrites.
+# Re-resolve the images' dependencies (needs PyPI); commit the lock files it rewrites.
 images-lock: | $(BIN)/python
 	$(BIN)/python images/wheels.py lock
 

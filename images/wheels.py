@@ -319,8 +319,10 @@ def context(out: Path, arch: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("lock", help="resolve and rewrite requirements.lock and pip.lock")
-    sub.add_parser("check", help="verify requirements.lock against pyproject.toml")
+    sub.add_parser(
+        "lock", help="resolve and rewrite requirements.lock, pip.lock and each extra's lock"
+    )
+    sub.add_parser("check", help="verify the locks against pyproject.toml")
     ctx = sub.add_parser("context", help="build the image build context")
     ctx.add_argument("dir", type=Path)
     ctx.add_argument("--arch", default=None, help=f"one of {', '.join(ARCHES)} (default: host)")
