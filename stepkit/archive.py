@@ -226,8 +226,7 @@ class _Tree:
         # The directory chain last written into, root first: archives list a directory's
         # entries together, so this is nearly always the one needed next.
         self._chain: list[tuple[tuple[str, ...], int]] = [((), root_fd)]
-        umask = _umask()
-        self._chmod = umask is None or (umask & ~0o022) != 0
+        self._chmod = _chmod_needed()
 
     def close(self) -> None:
         for _, fd in self._chain[1:]:
@@ -405,6 +404,12 @@ def _umask() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _chmod_needed() -> bool:
+    """Whether a umask (or not knowing it) may take bits from the modes files are created with."""
+    umask = _umask()
+    return umask is None or (umask & ~0o022) != 0
 
 
 # --- tar ------------------------------------------------------------------------------
@@ -854,16 +859,9 @@ def extract(
     try:
         with open(archive, "rb", buffering=CHUNK) as raw:
             size = os.fstat(raw.fileno()).st_size
-            by_ratio = int(limits.max_ratio * size)
-            if max(_MIN_RATIO_FLOOR, by_ratio) < limits.max_bytes:
-                cap = max(_MIN_RATIO_FLOOR, by_ratio)
-                reason = (
-                    f"the archive expands to more than {limits.max_ratio:g} times its size "
-                    "(a compression bomb?)"
-                )
-            else:
-                cap = limits.max_bytes
-                reason = f"the archive holds more than {limits.max_bytes} bytes"
+            cap, reason = expansion_cap(
+                limits, size, limits.max_bytes, what="the archive", whole="the archive"
+            )
             root_fd = os.open(staging, _DIR_FLAGS)
             tree = _Tree(
                 root_fd, limits=limits, cap=cap, cap_reason=reason, allow_git=allow_git, label=label
@@ -887,6 +885,18 @@ def extract(
             raise _os_error(exc, f"cannot extract {label} into {dest}") from None
         raise
     return tree.stats()
+
+
+def expansion_cap(
+    limits: Limits, size: int, room: int, *, what: str, whole: str
+) -> tuple[int, str]:
+    """How many bytes `what`, `size` bytes compressed, may write with `room` left, and why not more."""
+    by_ratio = max(_MIN_RATIO_FLOOR, int(limits.max_ratio * size))
+    if by_ratio < room:
+        return by_ratio, (
+            f"{what} expands to more than {limits.max_ratio:g} times its size (a compression bomb?)"
+        )
+    return room, f"{whole} holds more than {limits.max_bytes} bytes"
 
 
 def _os_error(exc: OSError, what: str) -> StepkitError:

@@ -52,19 +52,20 @@ from stepkit.archive import (
     _DIR_FLAGS,
     _DIR_MODE,
     _FILE_FLAGS,
-    _MIN_RATIO_FLOOR,
     CHUNK,
     ArchiveError,
     Limits,
     TarEntry,
-    _umask,
+    _chmod_needed,
+    _os_error,
+    expansion_cap,
     is_git_name,
     iter_tar,
     open_tar_stream,
     place,
     split_name,
 )
-from stepkit.errors import DeniedError, InputError, StepkitError
+from stepkit.errors import InputError, StepkitError
 from stepkit.validate import has_control, shown
 
 MEDIA_TYPES = frozenset(
@@ -129,8 +130,7 @@ class RootFs:
         self._entries = 0
         self._bytes = 0
         self._spent: str | None = None
-        umask = _umask()
-        self._chmod = umask is None or (umask & ~0o022) != 0
+        self._chmod = _chmod_needed()
 
     def _usable(self) -> None:
         if self._spent is not None:
@@ -153,16 +153,13 @@ class RootFs:
                     raise ArchiveError(f"{label}: zstd-compressed layers are not supported")
                 raw.seek(0)
                 size = os.fstat(raw.fileno()).st_size
-                room = self.limits.max_bytes - self._bytes
-                by_ratio = max(_MIN_RATIO_FLOOR, int(self.limits.max_ratio * size))
-                if by_ratio < room:
-                    cap, reason = (
-                        by_ratio,
-                        f"the layer expands to more than {self.limits.max_ratio:g} times its size "
-                        "(a compression bomb?)",
-                    )
-                else:
-                    cap, reason = room, f"the image holds more than {self.limits.max_bytes} bytes"
+                cap, reason = expansion_cap(
+                    self.limits,
+                    size,
+                    self.limits.max_bytes - self._bytes,
+                    what="the layer",
+                    whole="the image",
+                )
                 root_fd = os.open(self.root, _DIR_FLAGS)
                 work = _LayerWork(self, root_fd, label, cap, reason)
                 try:
@@ -282,14 +279,6 @@ def _rename(src: Path, dest: Path) -> None:
         if exc.errno != errno.EXDEV:
             raise
         place(src, dest)
-
-
-def _os_error(exc: OSError, what: str) -> StepkitError:
-    if isinstance(exc, PermissionError):
-        return DeniedError(f"{what}: {exc.strerror}")
-    if exc.errno == errno.ENOSPC:
-        return StepkitError(f"{what}: no space left on the device")
-    return StepkitError(f"{what}: {exc.strerror or exc}")
 
 
 class _LayerWork:
