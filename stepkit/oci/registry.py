@@ -439,15 +439,9 @@ class RegistryClient:
                 return
             except _Transient as exc:
                 failures += 1
-                if failures > self._retries:
-                    raise StepkitError(
-                        f"{exc.message} (gave up after {failures} attempts)"
-                    ) from None
-                if isinstance(exc, _RangeRefused):
+                if isinstance(exc, _RangeRefused) and failures <= self._retries:
                     restart()
-                delay = self._backoff * (2 ** (failures - 1))
-                log.warning("%s; retrying in %.1f s", exc.message, delay)
-                time.sleep(delay)
+                self._wait_to_retry(exc, failures)
 
     # ---------------------------------------------------------------- HTTP
 
@@ -458,13 +452,15 @@ class RegistryClient:
                 return call()
             except _Transient as exc:
                 failures += 1
-                if failures > self._retries:
-                    raise StepkitError(
-                        f"{exc.message} (gave up after {failures} attempts)"
-                    ) from None
-                delay = self._backoff * (2 ** (failures - 1))
-                log.warning("%s; retrying in %.1f s", exc.message, delay)
-                time.sleep(delay)
+                self._wait_to_retry(exc, failures)
+
+    def _wait_to_retry(self, exc: _Transient, failures: int) -> None:
+        """Back off before attempt failures + 1; give up when the retries are spent."""
+        if failures > self._retries:
+            raise StepkitError(f"{exc.message} (gave up after {failures} attempts)") from None
+        delay = self._backoff * (2 ** (failures - 1))
+        log.warning("%s; retrying in %.1f s", exc.message, delay)
+        time.sleep(delay)
 
     def _origin(self, host: str) -> _Origin:
         with self._lock:
