@@ -160,18 +160,13 @@ def parse(data: bytes, *, what: str) -> list[Entry]:
     entries = [_entry(path, value, what=what) for path, value in raw.items()]
     if duplicates:
         raise InputError(f"{what}: entry {shown(duplicates[0])} appears twice")
-    by_path: dict[str, Entry] = {}
-    for entry in entries:
-        # Two keys that are one path once the file system sees them: exact duplicates
-        # are caught above; here case is kept (Linux is case-sensitive).
-        if entry.path in by_path:
-            raise InputError(f"{what}: entry {shown(entry.path)} appears twice")
-        by_path[entry.path] = entry
+    # The keys of one JSON object, so each path once (case is kept: Linux is case-sensitive).
+    paths = {entry.path for entry in entries}
     for entry in entries:
         parts = entry.path.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            if parent in by_path:
+            if parent in paths:
                 raise InputError(
                     f"{what}: entry {shown(parent)} is a file and also the parent "
                     f"directory of {shown(entry.path)}"
