@@ -58,10 +58,6 @@ class Stored:
     uploaded: bool
 
 
-class _Transient(Exception):
-    """A failure worth another attempt (5xx, 429, reset, corrupted transfer)."""
-
-
 def make_client(workers: int) -> Any:
     """A storage client: application default credentials, anonymous when there are none or for an emulator.
 
@@ -116,7 +112,7 @@ def _server_message(exc: Any) -> str:
 
 
 def _api_error(exc: Exception, location: Location, action: str, permission: str) -> Exception:
-    """The one-line error (or _Transient) for a failed request."""
+    """The one-line error (or gcs.TransientError) for a failed request."""
     import requests
     from google.api_core import exceptions as gexc
     from google.auth.exceptions import TransportError
@@ -130,7 +126,7 @@ def _api_error(exc: Exception, location: Location, action: str, permission: str)
         | TransportError
         | DataCorruption,
     ):
-        return _Transient(printable(f"{type(exc).__name__}: {exc}")[:300])
+        return gcs.TransientError(printable(f"{type(exc).__name__}: {exc}")[:300])
     if not isinstance(exc, gexc.GoogleAPICallError):
         return exc
     code = int(exc.code or 0)
@@ -138,7 +134,7 @@ def _api_error(exc: Exception, location: Location, action: str, permission: str)
     if code in (401, 403):
         return gcs.denied(code, location, permission, message)
     if code in (408, 429) or code >= 500:
-        return _Transient(f"HTTP {code}: {message}")
+        return gcs.TransientError(f"HTTP {code}: {message}")
     if code == 404:
         return StepkitError(f"cannot {action} {location}: bucket {location.bucket} does not exist")
     return StepkitError(f"cannot {action} {location}: HTTP {code}: {message}")
@@ -156,7 +152,7 @@ class Uploader:
         for attempt in range(self.spec.retries + 1):
             try:
                 return fn()
-            except _Transient as exc:
+            except gcs.TransientError as exc:
                 if attempt == self.spec.retries:
                     raise StepkitError(
                         f"{what}: still failing after "
@@ -227,7 +223,7 @@ class Uploader:
                     )
         except gexc.PreconditionFailed:
             # Another writer got there between our look and our write: look again.
-            raise _Transient(f"{url} was written concurrently") from None
+            raise gcs.TransientError(f"{url} was written concurrently") from None
         except StepkitError:
             raise
         except Exception as exc:
