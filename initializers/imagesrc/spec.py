@@ -86,8 +86,9 @@ def parse_ca_file(value: str | None, *, flag: str = "--ca-file") -> Path | None:
     if not path.is_file():
         raise InputError(f"{flag}: {shown(value)} is not a file")
     try:
-        # Loaded once here so a wrong file is a flag error, not a TLS failure later.
-        ssl.create_default_context().load_verify_locations(cafile=str(path))
+        # Loaded once here so a wrong file is a flag error, not a TLS failure later; into a
+        # bare context, as the system's CAs (the registry client loads them) prove nothing.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
     except PermissionError:
         raise InputError(f"{flag}: {shown(value)} is not readable") from None
     except (ssl.SSLError, OSError, ValueError):
