@@ -92,8 +92,15 @@ from typing import Any, Self
 import trustme
 
 from tests.peers import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
     LOOPBACK,
     OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     _HttpPeer,
@@ -103,13 +110,6 @@ from tests.peers import (
 )
 
 OTHER_LOOPBACK = "127.0.0.2"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 _V2_PATH = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
@@ -909,20 +909,20 @@ def _gunzip(data: bytes) -> bytes:
 def _layer_type(layer: bytes, *, docker: bool) -> str:
     gz = layer[:2] == b"\x1f\x8b"
     if docker:
-        return DOCKER_LAYER_GZIP if gz else DOCKER_LAYER_TAR
-    return OCI_LAYER_GZIP if gz else OCI_LAYER_TAR
+        return DOCKER_LAYER_GZIP if gz else DOCKER_LAYER
+    return OCI_LAYER_GZIP if gz else OCI_LAYER
 
 
 __all__ = [
     "DOCKER_CONFIG",
+    "DOCKER_LAYER",
     "DOCKER_LAYER_GZIP",
-    "DOCKER_LAYER_TAR",
     "DOCKER_LIST",
     "DOCKER_MANIFEST",
     "OCI_CONFIG",
     "OCI_INDEX",
+    "OCI_LAYER",
     "OCI_LAYER_GZIP",
-    "OCI_LAYER_TAR",
     "OCI_MANIFEST",
     "Headers",
     "HostileRegistry",

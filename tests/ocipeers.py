@@ -33,7 +33,17 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.peers import (
     DEFAULT_START_TIMEOUT,
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
     LOOPBACK,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
     Registry,
     _HttpPeer,
     _LoopbackHttpd,
@@ -47,16 +57,6 @@ EPOCH = 1_700_000_000
 _CREATED = "2023-11-14T22:13:20Z"  # EPOCH in RFC 3339
 
 OCI_LAYOUT_VERSION = "1.0.0"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -896,3 +896,39 @@ class TokenRegistry(Registry):
         finally:
             with contextlib.suppress(Exception):
                 self._issuer.__exit__(None, None, None)
+
+
+__all__ = [
+    "DOCKER_CONFIG",
+    "DOCKER_LAYER",
+    "DOCKER_LAYER_GZIP",
+    "DOCKER_LIST",
+    "DOCKER_MANIFEST",
+    "EPOCH",
+    "MANIFEST_TYPES",
+    "OCI_CONFIG",
+    "OCI_INDEX",
+    "OCI_LAYER",
+    "OCI_LAYER_GZIP",
+    "OCI_LAYOUT_VERSION",
+    "OCI_MANIFEST",
+    "REF_NAME",
+    "HttpReply",
+    "LayerFile",
+    "TokenError",
+    "TokenRegistry",
+    "TokenRequest",
+    "gzip_bytes",
+    "layer_tar",
+    "layout_digest",
+    "libtrust_key_id",
+    "parse_challenge",
+    "push",
+    "read_blob",
+    "registry_request",
+    "sha256_digest",
+    "skopeo",
+    "uncompressed",
+    "write_index_layout",
+    "write_layout",
+]
