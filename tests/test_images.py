@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +134,7 @@ def run(
     *,
     env: dict[str, str] | None = None,
     secrets: bool = False,
+    mounts: Sequence[tuple[Path, str, bool]] = (),
 ) -> subprocess.CompletedProcess[str]:
     res = run_image(
         images[name],
@@ -143,6 +144,7 @@ def run(
         secrets=pod.secrets.root if secrets else None,
         user=pod.user,
         env=env,
+        mounts=mounts,
     )
     assert_no_leak(res.stdout + res.stderr, pod.secrets.values)
     return res
@@ -449,43 +451,27 @@ def test_image_source_in_the_pod(images: dict[str, str], tmp_path: Path, user: s
         )
         assert res.returncode == 0, res.stderr
         ca = "/etc/stepkit-test-ca.pem"
-        res = run_image(
-            images["image-fetcher"],
-            [
-                f"--image={registry.host}/team/tools:v1",
-                "--path=/app",
-                "--dest_dir=/workspace/tools",
-                f"--ca-file={ca}",
-            ],
-            workspace=pod.workspace,
-            home=pod.home,
-            secrets=None,
-            user=user,
-            mounts=[(registry.ca_pem, ca, True)],
+        fetch = [f"--image={registry.host}/team/tools:v1", f"--ca-file={ca}"]
+        ca_mount = [(registry.ca_pem, ca, True)]
+        res = run(
+            images,
+            "image-fetcher",
+            [*fetch, "--path=/app", "--dest_dir=/workspace/tools", "--results-dir=/builder/home"],
+            pod,
+            mounts=ca_mount,
         )
         assert res.returncode == 0, res.stderr
-        assert_no_leak(res.stdout + res.stderr, pod.secrets.values)
         tools = pod.workspace / "tools"
         assert sorted(p.name for p in tools.iterdir()) == ["current", "new.txt", "run.sh"]
         assert os.readlink(tools / "current") == "run.sh"
         assert (tools / "run.sh").stat().st_mode & 0o777 == 0o755
-        assert digest  # what skopeo pushed; the fetcher's result names the same manifest
+        assert (pod.home / "digest").read_text().strip() == digest  # the manifest skopeo pushed
         res = run(images, "base", ["sh", "-c", "tools/current; cat tools/new.txt"], pod)
         assert (res.returncode, res.stdout) == (0, "run\nnew\n"), res.stderr
         # Without credentials (a fresh home) the registry refuses: exit 3, nothing added.
         bare = Pod(pod.workspace, emptydir(tmp_path / "home2"), pod.secrets, user)
-        res = run_image(
-            images["image-fetcher"],
-            [
-                f"--image={registry.host}/team/tools:v1",
-                "--dest_dir=/workspace/other",
-                f"--ca-file={ca}",
-            ],
-            workspace=bare.workspace,
-            home=bare.home,
-            secrets=None,
-            user=user,
-            mounts=[(registry.ca_pem, ca, True)],
+        res = run(
+            images, "image-fetcher", [*fetch, "--dest_dir=/workspace/other"], bare, mounts=ca_mount
         )
         assert res.returncode == 3, res.stderr
         assert not (pod.workspace / "other").exists()
