@@ -1,9 +1,12 @@
-"""A passwd entry for a UID that has none (OpenShift-style arbitrary UIDs), for the programs that insist on one.
+"""A passwd entry whose home is $HOME, for the programs that take home from passwd: OpenSSH.
 
 OpenSSH exits with "No user exists for uid N" when getpwuid() finds nothing, and a
 container run under an arbitrary UID has no line in /etc/passwd (a read-only root can't
-gain one). nss_wrapper answers those look-ups from files of our own, for the child
-processes we start, when the library is installed (Debian: libnss-wrapper).
+gain one). And where the entry exists, ssh reads `~/.ssh` from its home, not from $HOME: a
+step with HOME=/home/git (Tekton's git-clone Task) or a root step with HOME=/builder/home
+would not see the keys and known_hosts put in $HOME/.ssh. nss_wrapper answers those
+look-ups from files of our own, for the child processes we start, when the library is
+installed (Debian: libnss-wrapper).
 """
 
 from __future__ import annotations
@@ -44,29 +47,51 @@ def _write(path: Path, text: str) -> None:
 
 
 def passwd_env(home: str, scratch: Path) -> dict[str, str]:
-    """Environment that gives this UID a passwd entry (home = $HOME); empty when it has one.
+    """Environment that gives this UID a passwd entry with home = $HOME; empty when not needed.
 
-    scratch is a private directory that outlives the child processes.
+    Needed when the UID has no entry, or when its entry names another home while
+    $HOME/.ssh exists (keys and known_hosts put there for ssh to find). An existing entry
+    keeps its name, so ssh's default login name does not change. scratch is a private
+    directory that outlives the child processes.
     """
     uid, gid = os.getuid(), os.getgid()
     try:
-        pwd.getpwuid(uid)
-        return {}
+        entry: pwd.struct_passwd | None = pwd.getpwuid(uid)
     except KeyError:
-        pass
+        entry = None
+    if entry is not None and (
+        os.path.normpath(entry.pw_dir) == os.path.normpath(home)
+        or not os.path.isdir(os.path.join(home, ".ssh"))
+    ):
+        return {}
     library = next((p for p in _LIBRARIES if os.path.exists(p)), None)
     if library is None:
-        log.warning(
-            "UID %d has no passwd entry and libnss_wrapper is not installed: ssh will refuse to run",
-            uid,
-        )
+        if entry is None:
+            log.warning(
+                "UID %d has no passwd entry and libnss_wrapper is not installed: "
+                "ssh will refuse to run",
+                uid,
+            )
+        else:
+            log.warning(
+                "ssh reads ~/.ssh from %s (UID %d's passwd entry), not from $HOME=%s, and "
+                "libnss_wrapper is not installed to change that",
+                entry.pw_dir,
+                uid,
+                home,
+            )
         return {}
     passwd = scratch / "passwd"
     group = scratch / "group"
-    _write(
-        passwd,
-        _read("/etc/passwd") + f"{USER_NAME}:x:{uid}:{gid}:stepkit build user:{home}:/bin/sh\n",
-    )
+    name, gecos = (USER_NAME, "stepkit build user") if entry is None else (entry.pw_name, "")
+    shell = "/bin/sh" if entry is None else entry.pw_shell
+    # The UID's own line is replaced, so no look-up can find its old home.
+    others = [
+        line
+        for line in _read("/etc/passwd").splitlines(keepends=True)
+        if line.split(":")[2:3] != [str(uid)]
+    ]
+    _write(passwd, "".join(others) + f"{name}:x:{uid}:{gid}:{gecos}:{home}:{shell}\n")
     groups = _read("/etc/group")
     if not any(line.split(":")[2:3] == [str(gid)] for line in groups.splitlines()):
         groups += f"{USER_NAME}:x:{gid}:\n"

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Secrets, assert_no_leak
-from tests.peers import AuthorizedKey, NonRootUser, SshServer, gen_keypair, make_bare, make_repo
+from tests.peers import (
+    NOBODY,
+    AuthorizedKey,
+    NonRootUser,
+    SshServer,
+    gen_keypair,
+    make_bare,
+    make_repo,
+)
 from tests.test_creds_peers import stepkit_for
 
 ARBITRARY_UID = 1000630000  # the first UID of an OpenShift project's range; GID 0 as there
@@ -54,3 +62,34 @@ def test_git_init_over_ssh_as_a_uid_without_passwd_entry(tmp_path: Path) -> None
         # Without the passwd entry stepkit gives ssh, the same clone fails: the test is live.
         plain = user.run(["git", "clone", "-q", sshd.url_for("repo.git"), "plain"], env, workspace)
         assert plain.returncode != 0 and "No user exists for uid" in plain.stderr
+
+
+def test_git_init_over_ssh_takes_keys_from_home_not_the_passwd_home(tmp_path: Path) -> None:
+    """Keys and known_hosts in $HOME/.ssh, no creds-init (Tekton's git-clone Task copies its
+    ssh-directory workspace there): ssh finds them though the UID's passwd home is elsewhere."""
+    shas = make_repo(tmp_path / "src", commits=2)
+    make_bare(tmp_path / "src", tmp_path / "srv" / "repo.git")
+    private, public = gen_keypair(tmp_path / "deploy")
+    with (
+        NonRootUser(NOBODY, NOBODY) as user,
+        SshServer(tmp_path / "sshd", [AuthorizedKey(public, tmp_path / "srv")]) as sshd,
+    ):
+        stepkit = stepkit_for(user)
+        home, workspace = user.path("git-home"), user.path("workspace")
+        assert pwd.getpwuid(NOBODY).pw_dir != str(home)  # where ssh alone looks for ~/.ssh
+        ssh_dir = user.path("git-home/.ssh")
+        ssh_dir.chmod(0o700)
+        for name, text in (("id_ed25519", private), ("known_hosts", sshd.host_key_line + "\n")):
+            (ssh_dir / name).write_text(text)
+            user.give(ssh_dir / name, 0o400)
+        env = {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+        url = sshd.url_for("repo.git")
+        res = user.run(
+            [stepkit, "git-init", f"-url={url}", "-path=src", "-retries=0"], env, workspace
+        )
+        assert res.returncode == 0, res.stderr
+        head = user.run(["git", "-C", "src", "rev-parse", "HEAD"], env, workspace)
+        assert head.stdout.strip() == shas["HEAD"]
+        # Plain git's ssh looks in the passwd entry's home and finds nothing: the test is live.
+        plain = user.run(["git", "clone", "-q", url, "plain"], env, workspace)
+        assert plain.returncode != 0 and "Host key verification failed" in plain.stderr
