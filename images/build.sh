@@ -44,11 +44,10 @@ image_id() {
     esac
 }
 
-# build NAME PARENT BUILD-ARG...: images/NAME.Containerfile -> $repo-NAME:$version and :latest
+# build NAME FILE PARENT BUILD-OPTION...: images/FILE.Containerfile -> $repo-NAME:$version and :latest
 build() {
-    name=$1 parent=$2
-    shift 2
-    file=$here/$name.Containerfile
+    name=$1 file=$here/$2.Containerfile parent=$3
+    shift 3
     tag=$repo-$name:$version
     parent_id=$(image_id "$parent")
     key=$({
@@ -73,11 +72,21 @@ build() {
 }
 
 base_image=${BASE_IMAGE:-docker.io/library/python:3.11-slim}
-build base "$base_image" \
+build base base "$base_image" \
     --build-arg "BASE_IMAGE=$base_image" \
     --build-arg "VERSION=$version" \
     --build-arg "REVISION=${REVISION:-unknown}" \
     --build-arg "SOURCE=${SOURCE:-}"
 for helper in $helpers; do
-    build "$helper" "$repo-base:$version" --build-arg "STEPKIT_BASE=$repo-base:$version"
+    from="--build-arg STEPKIT_BASE=$repo-base:$version"
+    case $helper in
+        # The helpers that need an extra: one Containerfile, a stage per helper.
+        gcs-fetcher)
+            build "$helper" extra "$repo-base:$version" $from --target "$helper" \
+                --build-arg EXTRA=gcs --build-arg "CHECK_IMPORT=google.cloud.storage, initializers.gcs.cli" ;;
+        image-fetcher)
+            build "$helper" extra "$repo-base:$version" $from --target "$helper" \
+                --build-arg EXTRA=oci --build-arg "CHECK_IMPORT=urllib3, initializers.imagesrc.cli" ;;
+        *) build "$helper" "$helper" "$repo-base:$version" $from ;;
+    esac
 done

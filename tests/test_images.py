@@ -18,6 +18,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -477,3 +478,136 @@ def test_image_source_in_the_pod(images: dict[str, str], tmp_path: Path, user: s
         assert not (pod.workspace / "other").exists()
     res = run(images, "nop", [], pod)
     assert (res.returncode, res.stdout) == (0, "Build successful\n"), res.stderr
+
+
+# Tekton's catalog git-clone Task (versions 0.9 and 0.10), as its step runs in the image its
+# gitInitImage param names: a script, started through its `#!/usr/bin/env sh` line, as UID 65532
+# with HOME=$(params.userHome) (/home/git). It copies the bound basic-auth workspace's
+# .gitconfig and .git-credentials, or the ssh-directory workspace, into that home (read-only
+# copies), names the output workspace a git safe.directory with `git config --global`, runs
+# /ko-app/git-init with every flag spelled `-flag=value` (empty values included, -path
+# absolute and ending in "/" when no subdirectory is given), then reads HEAD and the committer
+# date with git and writes the three results. The values below are the Task's defaults with
+# the params substituted, as Tekton substitutes them before the step starts.
+TEKTON_GIT_CLONE_STEP = """#!/usr/bin/env sh
+set -eu
+set -x
+home="$PARAM_USER_HOME"
+if [ "$WORKSPACE_BASIC_AUTH_DIRECTORY_BOUND" = true ]; then
+  for f in .git-credentials .gitconfig; do
+    cp "$WORKSPACE_BASIC_AUTH_DIRECTORY_PATH/$f" "$home/$f"; chmod 400 "$home/$f"
+  done
+fi
+if [ "$WORKSPACE_SSH_DIRECTORY_BOUND" = true ]; then
+  cp -R "$WORKSPACE_SSH_DIRECTORY_PATH" "$home/.ssh"; chmod 700 "$home/.ssh"
+  chmod -R 400 "$home"/.ssh/*
+fi
+dir="$WORKSPACE_OUTPUT_PATH/$PARAM_SUBDIRECTORY"
+[ -d "$dir" ] && rm -rf "${dir:?}"/* "$dir"/.[!.]* "$dir"/..?*
+git config --global --add safe.directory "$WORKSPACE_OUTPUT_PATH"
+/ko-app/git-init -url="$PARAM_URL" -revision="$PARAM_REVISION" -refspec="$PARAM_REFSPEC" \\
+  -path="$dir" -sslVerify="$PARAM_SSL_VERIFY" -submodules="$PARAM_SUBMODULES" \\
+  -depth="$PARAM_DEPTH" -sparseCheckoutDirectories="$PARAM_SPARSE_CHECKOUT_DIRECTORIES"
+cd "$dir"
+sha="$(git rev-parse HEAD)"
+date="$(git log -1 --pretty=%ct)"
+printf "%s" "$date" > /tekton/results/committer-date
+printf "%s" "$sha" > /tekton/results/commit
+printf "%s" "$PARAM_URL" > /tekton/results/url
+"""
+
+
+@pytest.mark.parametrize("transport", ["http-basic-auth", "ssh-directory"])
+@pytest.mark.parametrize("task_version", ["0.9", "0.10"])
+def test_tekton_catalog_git_clone_task(
+    images: dict[str, str], peers: Peers, tmp_path: Path, task_version: str, transport: str
+) -> None:
+    """The catalog's git-clone Task with gitInitImage = stepkit-git-init, unchanged.
+
+    0.9 writes HOME=/home/git in the image's own root (no readOnlyRootFilesystem); 0.10
+    mounts an emptyDir there, and then the root may be read-only.
+    """
+    workspace = emptydir(tmp_path / "workspace")
+    output = emptydir(workspace / "output")
+    (output / "stale").write_text("from an earlier run\n")  # deleteExisting=true removes it
+    tekton = tmp_path / "tekton"
+    results = emptydir(tekton / "results")
+    (tekton / "termination").touch()
+    (tekton / "termination").chmod(0o666)
+    script = tekton / "scripts" / "script-0-clone"
+    script.parent.mkdir()
+    script.write_text(TEKTON_GIT_CLONE_STEP)
+    script.chmod(0o755)
+    tekton.chmod(0o755)
+    auth = tmp_path / "basic-auth"
+    auth.mkdir()
+    ssh_dir = tmp_path / "ssh-directory"
+    ssh_dir.mkdir()
+    if transport == "http-basic-auth":
+        url = peers.http.url_for("repo.git")
+        (auth / ".gitconfig").write_text("[credential]\n\thelper = store\n")
+        (auth / ".git-credentials").write_text(
+            peers.http.url.replace("://", f"://builder:{quote(PASSWORD, safe='')}@", 1) + "\n"
+        )
+    else:
+        url = peers.ssh.url_for("repo.git")
+        (ssh_dir / "id_ed25519").write_text(peers.private_key)
+        (ssh_dir / "known_hosts").write_text(peers.ssh.host_key_line + "\n")
+    for path in [auth, ssh_dir, *auth.iterdir(), *ssh_dir.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # a Secret bound to a workspace
+    env = {
+        "HOME": "/home/git",
+        "PARAM_URL": url,
+        "PARAM_REVISION": "",
+        "PARAM_REFSPEC": "",
+        "PARAM_SUBMODULES": "true",
+        "PARAM_DEPTH": "1",
+        "PARAM_SSL_VERIFY": "true",
+        "PARAM_SUBDIRECTORY": "",
+        "PARAM_SPARSE_CHECKOUT_DIRECTORIES": "",
+        "PARAM_USER_HOME": "/home/git",
+        "WORKSPACE_OUTPUT_PATH": "/workspace/output",
+        "WORKSPACE_BASIC_AUTH_DIRECTORY_BOUND": str(transport == "http-basic-auth").lower(),
+        "WORKSPACE_BASIC_AUTH_DIRECTORY_PATH": "/workspace/basic-auth",
+        "WORKSPACE_SSH_DIRECTORY_BOUND": str(transport == "ssh-directory").lower(),
+        "WORKSPACE_SSH_DIRECTORY_PATH": "/workspace/ssh-directory",
+        # The test's git server speaks plain http; a TaskRun's podTemplate env allows it.
+        "STEPKIT_GIT_ALLOW_HTTP": "true",
+    }
+    mounts = [
+        (output, "/workspace/output", False),
+        (auth, "/workspace/basic-auth", True),
+        (ssh_dir, "/workspace/ssh-directory", True),
+        (tekton, "/tekton", False),
+    ]
+    if task_version == "0.10":
+        mounts.append((emptydir(tmp_path / "user-home"), "/home/git", False))
+    (workspace / "basic-auth").mkdir()
+    (workspace / "ssh-directory").mkdir()
+    res = run_image(
+        images["git-init"],
+        [],
+        workspace=workspace,
+        home=emptydir(tmp_path / "builder-home"),
+        secrets=None,
+        user="65532:65532",
+        env=env,
+        mounts=mounts,
+        read_only=task_version == "0.10",
+        entrypoint=["/tekton/scripts/script-0-clone"],
+    )
+    assert res.returncode == 0, res.stderr
+    assert_no_leak(res.stdout + res.stderr, [PASSWORD, peers.private_key])
+    head = peers.shas["refs/heads/main"]
+    assert (results / "commit").read_text() == head
+    assert (results / "url").read_text() == url
+    assert (results / "committer-date").read_text().isdigit()
+    assert sorted(p.name for p in output.iterdir()) == [".git", "README.md"]
+    assert (output / "README.md").read_text() == "commit 3\n"
+    # git-init wrote its own results into Tekton's termination file, as Tekton's does.
+    written = {e["key"]: e["value"] for e in json.loads((tekton / "termination").read_text())}
+    assert written["commit"] == head
+    if transport == "http-basic-auth":
+        assert ("repo.git", "builder") in peers.http.granted
+    else:
+        assert [a.repo for a in peers.ssh.access_log() if a.allowed] == ["repo.git"]
