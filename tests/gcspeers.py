@@ -40,6 +40,7 @@ import re
 import socket
 import struct
 import sys
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -311,6 +312,27 @@ class _Rule:
     truncate: int | None = None
     times: int | None = 1  # None: forever
     body: bytes | None = None
+    gate: Gate | None = None
+    refuse_session: bool = False
+
+
+class Gate:
+    """A request held by GcsFaultProxy.hold(): `arrived` is set when it comes in; it goes on at release()."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _wait(self, stop: threading.Event) -> bool:
+        """Whether the request may go on (False: the proxy is stopping)."""
+        self.arrived.set()
+        while not self._released.wait(0.1):
+            if stop.is_set():
+                return False
+        return True
 
 
 _REASONS = {
@@ -363,12 +385,19 @@ def gcs_error_body(status: int, method: str, path: str) -> bytes:
 class _RequestBody:
     """The client's request body as an iterator of pieces, streamed (Content-Length or chunked)."""
 
-    def __init__(self, handler: _PeerHandler) -> None:
+    def __init__(self, handler: _PeerHandler, capture: list[bytes] | None = None) -> None:
         self.handler = handler
         self.chunked = "chunked" in handler.headers.get("Transfer-Encoding", "").lower()
         self.length = int(handler.headers.get("Content-Length") or 0)
+        self.capture = capture
 
     def __iter__(self) -> Iterator[bytes]:
+        for piece in self._pieces():
+            if self.capture is not None:
+                self.capture.append(piece)
+            yield piece
+
+    def _pieces(self) -> Iterator[bytes]:
         rfile = self.handler.rfile
         if not self.chunked:
             yield from _exactly(rfile, self.length)
@@ -409,8 +438,15 @@ class _FaultHandler(_PeerHandler):
 
     def _handle(self) -> None:
         self._answered = False
-        rule = self.proxy._arrived(self.command, self.path)
-        self._serve(_RequestBody(self), rule)
+        proxy = self.proxy
+        rule = proxy._arrived(self.command, self.path)
+        capture: list[bytes] | None = [] if proxy.capture_bodies else None
+        try:
+            self._serve(_RequestBody(self, capture), rule)
+        finally:
+            if capture:
+                with proxy._lock:
+                    proxy.bodies.append((self.command, self.path, b"".join(capture)))
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
@@ -428,6 +464,9 @@ class _FaultHandler(_PeerHandler):
 
     def _serve(self, body: _RequestBody, rule: _Rule | None) -> None:
         proxy = self.proxy
+        if rule is not None and rule.gate is not None and not rule.gate._wait(proxy._stop):
+            self.close_connection = True
+            return
         if rule is not None and rule.stall and proxy._stop.wait(rule.stall):
             # The proxy is stopping: the stall ends with the connection, unanswered.
             self.close_connection = True
@@ -503,6 +542,10 @@ class _FaultHandler(_PeerHandler):
             (k, proxy._rewrite(v.encode()).decode() if k.lower() == "location" else v)
             for k, v in headers
         ]
+        if rule is not None and rule.refuse_session:
+            headers = [(k, proxy._refused(v) if k.lower() == "location" else v) for k, v in headers]
+        with proxy._lock:
+            proxy.locations.extend(v for k, v in headers if k.lower() == "location")
         cut = rule.truncate if rule is not None else None
         reset_after_cut = rule is not None and rule.reset
         self.send_response(status, resp.reason)
@@ -563,7 +606,9 @@ class GcsFaultProxy(_HttpPeer):
 
     `requests` records (method, path+query, status) of every request, in the order their
     answers started: status 0 is a reset without an answer; 502 an upstream that could not be
-    reached, or a client gone before its (stalled) answer could start.
+    reached, or a client gone before its (stalled) answer could start. `locations` keeps every
+    `Location` header sent (resumable upload sessions). With `capture_bodies` set, `bodies`
+    keeps (method, path+query, body) of every request that sent one.
     """
 
     _handler = _FaultHandler
@@ -579,6 +624,10 @@ class GcsFaultProxy(_HttpPeer):
         self.arrivals: list[tuple[str, str]] = []  # (method, path+query), as requests came in
         self._rules: list[_Rule] = []
         self._own_url = b""
+        self.capture_bodies = False
+        self.bodies: list[tuple[str, str, bytes]] = []
+        self.locations: list[str] = []  # every Location header sent to a client, as sent
+        self._dead: socket.socket | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -620,6 +669,24 @@ class GcsFaultProxy(_HttpPeer):
         with self._lock:
             self._rules.append(rule)
 
+    def hold(self, match: str) -> Gate:
+        """Hold the next request whose path+query contains `match` until the gate is released.
+
+        A test does something at a known point of a client's run: wait for `gate.arrived`,
+        act, `gate.release()`; the request then goes on as any other.
+        """
+        gate = Gate()
+        with self._lock:
+            self._rules.append(_Rule(match, gate=gate))
+        return gate
+
+    def refuse_session(self, match: str = "uploadType=resumable", *, times: int = 1) -> None:
+        """Answer the next request creating a resumable upload session with a session URL
+        whose address refuses connections (a bound port nobody listens on): the session is
+        created, and every request sent to it fails to connect."""
+        with self._lock:
+            self._rules.append(_Rule(match, times=times, refuse_session=True))
+
     def deny(self, match: str) -> None:
         """Every request whose path+query contains `match` gets 403 from now on."""
         with self._lock:
@@ -660,7 +727,28 @@ class GcsFaultProxy(_HttpPeer):
         super().__enter__()
         # Kept, since handlers finishing during __exit__ still rewrite with it.
         self._own_url = self.url.encode()
+        # Bound and never listening: connecting gets RST (refused), and while we hold the
+        # port no other process can take it and receive what was meant for a session.
+        self._dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._dead.bind((LOOPBACK, 0))
         return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc, tb)
+        if self._dead is not None:
+            self._dead.close()
+            self._dead = None
+
+    def _refused(self, location: str) -> str:
+        assert self._dead is not None
+        parts = urllib.parse.urlsplit(location)
+        dead = f"{LOOPBACK}:{self._dead.getsockname()[1]}"
+        return urllib.parse.urlunsplit(("http", dead, parts.path, parts.query, parts.fragment))
 
     def _rewrite(self, data: bytes) -> bytes:
         upstream = f"http://{self.upstream_host}:{self.upstream_port}".encode()
@@ -669,3 +757,87 @@ class GcsFaultProxy(_HttpPeer):
 
 def _matches(match: str, path: str) -> bool:
     return match in path or match in urllib.parse.unquote(path)
+
+
+# --------------------------------------------------------------------------------------------
+# A hostile GCS endpoint
+# --------------------------------------------------------------------------------------------
+
+
+class _OversizedHandler(_PeerHandler):
+    server_version = "stepkit-oversized-gcs/1"
+
+    def _handle(self) -> None:
+        peer = self.peer
+        assert isinstance(peer, OversizedGcs)
+        try:
+            _RequestBody(self).drain()
+        except OSError:
+            self.close_connection = True
+            return
+        self.send_response(peer.status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        if peer.gzip:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(peer.wire_body)))
+        self.end_headers()
+        sent = 0
+        view = memoryview(peer.wire_body)
+        try:
+            while sent < len(view) and not peer._stop.is_set():
+                self.wfile.write(view[sent : sent + _CHUNK])
+                sent += min(_CHUNK, len(view) - sent)
+        except OSError:
+            self.close_connection = True  # the client hung up: what we wanted to see
+        with peer._lock:
+            peer.sent.append(sent)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+class OversizedGcs(_HttpPeer):
+    """A loopback "GCS" whose every answer is one huge JSON object (object metadata padded out).
+
+    `size` bytes of JSON once decoded; sent as is, or gzip-compressed (`gzip=True`, a small
+    download that decompresses to all of it). `sent` records, per request, how many body bytes
+    went out before the client hung up or the body ended.
+    """
+
+    _handler = _OversizedHandler
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        status: int = 200,
+        gzip: bool = False,
+        timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        head = json.dumps(
+            {
+                "kind": "storage#object",
+                "bucket": "bucket-ok",
+                "name": "m.json",
+                "generation": "1",
+                "metageneration": "1",
+                "size": "2",
+                "padding": "",
+            }
+        ).encode()
+        assert head.endswith(b'""}')
+        pad = max(size - len(head), 0)
+        self.body = head[:-2] + b" " * pad + head[-2:]
+        self.status = status
+        self.gzip = gzip
+        if gzip:
+            import gzip as gzip_module
+
+            self.wire_body = gzip_module.compress(self.body, compresslevel=9)
+        else:
+            self.wire_body = self.body
+        self.sent: list[int] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        return client_env(self.url)

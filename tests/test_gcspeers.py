@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import http.client
 import json
@@ -12,18 +13,21 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import google_crc32c
 import pytest
+import requests
 from google.api_core import exceptions
 from google.api_core.retry import Retry
 from google.cloud.storage.exceptions import DataCorruption  # type: ignore[import-untyped]
 from google.cloud.storage.retry import DEFAULT_RETRY  # type: ignore[import-untyped]
 
-from tests.gcspeers import ANONYMOUS, FakeGcs, GcsFaultProxy, PyGcsEmulator
+from tests.gcspeers import ANONYMOUS, FakeGcs, GcsFaultProxy, OversizedGcs, PyGcsEmulator
 from tests.peers import LOOPBACK, free_port
 
 # The library's default retry waits up to 120 s on a 5xx; tests bound it.
@@ -501,6 +505,65 @@ def test_resumable_chunk_503_and_reset_are_recovered(gcs: FakeGcs, proxy: GcsFau
     assert gcs.generations(BUCKET, "resumed.bin") == [blob.generation]
     assert gcs.get(BUCKET, "resumed.bin") == data
     assert statuses(proxy, "upload_id=")[:2] == [503, 0]
+
+
+def test_hold_keeps_a_request_until_released(gcs: FakeGcs, proxy: GcsFaultProxy) -> None:
+    gcs.put(BUCKET, "held.txt", b"held")
+    gate = proxy.hold("/o/held.txt")
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(raw_get, proxy.port, media("held.txt"))
+        assert gate.arrived.wait(30)
+        assert not answer.done() and proxy.requests == []
+        gate.release()
+        status, _, body = answer.result(timeout=30)
+    assert (status, body) == (200, b"held")
+    assert raw_get(proxy.port, media("held.txt"))[2] == b"held", "a gate holds one request"
+
+
+def test_refused_session_and_captured_bodies(gcs: FakeGcs, proxy: GcsFaultProxy) -> None:
+    proxy.capture_bodies = True
+    proxy.refuse_session()
+    data = os.urandom(9 * 1024 * 1024)  # over 8 MiB: a resumable session
+    blob = proxy.client().bucket(BUCKET).blob("refused.bin")
+    with pytest.raises(requests.ConnectionError, match="refused"):
+        blob.upload_from_string(data, retry=None)
+    [location] = proxy.locations
+    assert "upload_id=" in location
+    assert not location.startswith(proxy.url), "the session names another address"
+    assert not accepts(int(urllib.parse.urlsplit(location).port or 0))
+    assert gcs.names(BUCKET) == []
+    # The next session is a normal one, and its body is seen as sent.
+    blob.upload_from_string(data, retry=None)
+    assert gcs.get(BUCKET, "refused.bin") == data
+    assert [b for m, p, b in proxy.bodies if m == "PUT" and "upload_id=" in p] == [data]
+    assert len(proxy.locations) == 2 and proxy.locations[1].startswith(proxy.url)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_oversized_gcs_answers_one_huge_json_object(compressed: bool) -> None:
+    size = 3 * 1024 * 1024 + 5
+    with OversizedGcs(size, gzip=compressed) as hostile:
+        status, headers, body = raw_get(hostile.port, "/storage/v1/b/b/o/x")
+        if compressed:
+            assert headers["content-encoding"] == "gzip"
+            assert len(body) < size // 100
+            body = gzip.decompress(body)
+        assert status == 200 and len(body) == size
+        assert json.loads(body)["size"] == "2"
+        assert hostile.sent == [len(hostile.wire_body)]
+
+
+def test_oversized_gcs_sees_a_client_hang_up() -> None:
+    size = 64 * 1024 * 1024
+    with OversizedGcs(size) as hostile:
+        with socket.create_connection((LOOPBACK, hostile.port), timeout=30) as sock:
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 30
+        while not hostile.sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+    [sent] = hostile.sent
+    assert 0 < sent < size
 
 
 # --------------------------------------------------------------------------------------------
