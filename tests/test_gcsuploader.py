@@ -8,14 +8,16 @@ import json
 import os
 import socket
 import stat
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stepkit import gcsmanifest
 from stepkit.gcs import parse_location
-from tests.conftest import Run, run_stepkit
+from tests.conftest import Run, assert_no_leak, run_stepkit
 from tests.gcspeers import FakeGcs, GcsFaultProxy
 
 _buckets = itertools.count()
@@ -423,3 +425,74 @@ def test_round_trip_through_gcs_fetcher(gcs: FakeGcs, bucket: str, tmp_path: Pat
     assert fetched["bin/srcdir"] == ("link", "../src")
     assert fetched["bin/run.sh mode"] == ("mode", 0o755)
     assert fetched["données/日本語 ñame.txt"] == ("file", "unicode ✓\n".encode())
+
+
+def _session_ids(gcs_proxy: GcsFaultProxy) -> set[str]:
+    """The upload_id of every resumable session created through the proxy."""
+    ids = set()
+    for location in gcs_proxy.locations:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+        ids.update(query.get("upload_id", []))
+    return ids
+
+
+def _fail_sessions(**fault: Any) -> Callable[[GcsFaultProxy], None]:
+    def plant(proxy: GcsFaultProxy) -> None:
+        proxy.fail("upload_id=", times=50, **fault)
+
+    return plant
+
+
+def _refuse_sessions(proxy: GcsFaultProxy) -> None:
+    proxy.refuse_session(times=50)
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        _fail_sessions(reset=True),
+        _refuse_sessions,
+        _fail_sessions(status=503, body=b"<html><body>Service Unavailable</body></html>"),
+        _fail_sessions(status=400, body=b"bad request"),
+        _fail_sessions(stall=30.0),
+    ],
+    ids=["reset", "refused", "503-html", "400-text", "stall"],
+)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_resumable_session_url_never_shown(
+    gcs: FakeGcs,
+    gcs_proxy: GcsFaultProxy,
+    bucket: str,
+    tmp_path: Path,
+    plant: Callable[[GcsFaultProxy], None],
+    log_format: str,
+) -> None:
+    """Issue 10: an upload_id lets whoever holds it write the object, so no output may show it.
+
+    Every session is created, then its connection is reset, refused, stalled or answered
+    with an error that is not GCS's JSON; with --debug, so tracebacks are printed too.
+    """
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(9 * 1024 * 1024))  # over 8 MiB: resumable
+    plant(gcs_proxy)
+    run = upload(
+        src,
+        f"gs://{bucket}/m/manifest.json",
+        gcs_proxy.env,
+        "--debug",
+        "--log-format",
+        log_format,
+        "--retries",
+        "1",
+        "--backoff",
+        "0",
+        "--timeout",
+        "2",
+    )
+    assert run.returncode == 1, run.output
+    ids = _session_ids(gcs_proxy)
+    assert ids, "the uploader created resumable sessions"
+    assert_no_leak(run.output, sorted(ids))
+    assert "Traceback" in run.stderr, "--debug printed the traceback, and it is clean too"
+    assert gcs.names(bucket) == []

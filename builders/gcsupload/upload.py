@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from builders.gcsupload import tree
+from builders.gcsupload import transport, tree
 from builders.gcsupload.spec import UploadSpec
 from stepkit import gcs, gcsmanifest, results
 from stepkit.errors import StepkitError
@@ -65,7 +66,6 @@ def make_client(workers: int) -> Any:
     """
     import google.auth
     import google.auth.exceptions
-    import requests.adapters
 
     # Through importlib: google-cloud-storage and google-auth's credentials and transport
     # ship no type information; every use here is a documented call.
@@ -86,7 +86,7 @@ def make_client(workers: int) -> Any:
     session = session_type(credentials)
     # One connection per worker and one for the manifest: requests keeps 10 per host by
     # default, and every worker beyond that would open and drop a connection per request.
-    adapter = requests.adapters.HTTPAdapter(
+    adapter = transport.GuardedAdapter(
         pool_connections=4, pool_maxsize=max(workers + 1, 10), max_retries=0
     )
     session.mount("https://", adapter)
@@ -99,8 +99,16 @@ def _crc_b64(value: int) -> str:
 
 
 def _server_message(exc: Any) -> str:
-    """GCS's own error message: upload errors carry the whole answer body in their text."""
-    text = str(getattr(exc, "message", "") or exc)
+    """GCS's own error message, from the answer's body; never the request's URL.
+
+    The library's text for a failed upload is "PUT <url>: <body>: ...", and that URL can be
+    a resumable session's, so the message comes from the response when there is one.
+    """
+    response = getattr(exc, "response", None)
+    text = str(getattr(response, "text", "") or "") if response is not None else ""
+    if not text:
+        text = str(getattr(exc, "message", "") or exc)
+        text = _METHOD_URL.sub("", text)
     brace = text.find("{")
     if brace >= 0:
         try:
@@ -108,7 +116,11 @@ def _server_message(exc: Any) -> str:
             text = str(body["error"]["message"])
         except (ValueError, KeyError, TypeError):
             pass
-    return printable(" ".join(text.split()))[:200]
+    return printable(transport.scrub(" ".join(text.split())))[:200]
+
+
+# How google-cloud-storage starts the message of an upload error: "PUT http://host/path?query: ".
+_METHOD_URL = re.compile(r"^[A-Z]+ https?://\S+: ")
 
 
 def _api_error(exc: Exception, location: Location, action: str, permission: str) -> Exception:
@@ -126,7 +138,7 @@ def _api_error(exc: Exception, location: Location, action: str, permission: str)
         | TransportError
         | DataCorruption,
     ):
-        return gcs.TransientError(printable(f"{type(exc).__name__}: {exc}")[:300])
+        return gcs.TransientError(printable(transport.scrub(f"{type(exc).__name__}: {exc}"))[:300])
     if not isinstance(exc, gexc.GoogleAPICallError):
         return exc
     code = int(exc.code or 0)
