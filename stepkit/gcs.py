@@ -5,7 +5,9 @@
 `open_client()` builds the one reader a fetch uses (application default credentials,
 anonymous when there are none or when STORAGE_EMULATOR_HOST points at an emulator), and
 `GcsClient` gives the JSON API's object reads with stepkit's error mapping (401/403 exit 3 naming
-the permission, 404 naming object and generation, 408/429/5xx retryable).
+the permission, 404 naming object and generation, 408/429/5xx retryable). JSON answers (object
+metadata, listings, errors) are read through `read_metadata_body`, which stops at
+MAX_METADATA_BYTES: only media bodies may be large.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -106,6 +109,32 @@ class TransientError(StepkitError):
 
 class NotFoundError(StepkitError):
     """The object, or the generation asked for, does not exist."""
+
+
+# A JSON answer of GCS (an object's resource, a listing page of at most 1000 items, an error) is
+# well under a MiB; the cap stops a broken or hostile endpoint from making us buffer gigabytes.
+MAX_METADATA_BYTES = 8 << 20
+
+
+class BodyTooLargeError(StepkitError):
+    """A JSON answer was larger than MAX_METADATA_BYTES (after decompression); not retried."""
+
+
+def read_metadata_body(chunks: Iterable[bytes], what: str) -> bytes:
+    """The decoded body of a JSON answer, read until MAX_METADATA_BYTES and no further.
+
+    `chunks` yields the body already decompressed, in pieces of bounded size; `what` names the
+    request (never with its query, which may hold a session credential).
+    """
+    data = bytearray()
+    for chunk in chunks:
+        data += chunk
+        if len(data) > MAX_METADATA_BYTES:
+            raise BodyTooLargeError(
+                f"{what}: the answer is larger than {MAX_METADATA_BYTES >> 20} MiB, more than "
+                "any GCS metadata; refusing to read it (a broken or hostile endpoint?)"
+            )
+    return bytes(data)
 
 
 # GCS's 403 body: "<principal> does not have storage.objects.get access to the Google Cloud
@@ -289,16 +318,28 @@ class GcsClient:
 
         query = "" if loc.generation is None else f"?generation={loc.generation}"
         url = f"{self.base_url}/storage/v1/{self._object_path(loc)}{query}"
-        raw = self.http.request(
-            "GET",
-            url,
-            headers=self._headers(url, {}),
-            redirect=False,
-            timeout=urllib3.Timeout(connect=min(timeout, 30.0), read=timeout),
+        resp = Response(
+            self.http.request(
+                "GET",
+                url,
+                headers=self._headers(url, {}),
+                preload_content=False,
+                redirect=False,
+                timeout=urllib3.Timeout(connect=min(timeout, 30.0), read=timeout),
+            )
         )
+        if not 200 <= resp.status_code < 300:
+            reason = _reason(resp)
+            resp.close()
+            check_status(resp.status_code, loc, reason=reason)
         try:
-            check_status(raw.status, loc, reason=printable(" ".join(_text(raw.data).split())))
-            data = json.loads(raw.data)
+            body = read_metadata_body(
+                resp.raw.stream(_METADATA_CHUNK, decode_content=True), f"{loc}: metadata"
+            )
+        finally:
+            resp.close()
+        try:
+            data = json.loads(body)
         except ValueError:
             raise TransientError(f"{loc}: metadata is not JSON") from None
         if not isinstance(data, dict):
@@ -306,8 +347,7 @@ class GcsClient:
         return data
 
 
-def _text(data: bytes) -> str:
-    return data[:200].decode(errors="replace")
+_METADATA_CHUNK = 64 << 10
 
 
 def _proxy_for(url: str) -> str | None:

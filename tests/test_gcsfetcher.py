@@ -23,7 +23,7 @@ import pytest
 from stepkit import gcsmanifest
 from stepkit.gcs import Location
 from tests.conftest import STEPKIT, Run, run_stepkit
-from tests.gcspeers import FakeGcs, GcsFaultProxy, PyGcsEmulator
+from tests.gcspeers import FakeGcs, GcsFaultProxy, OversizedGcs, PyGcsEmulator
 
 _buckets = itertools.count()
 
@@ -599,3 +599,40 @@ def test_help_lists_every_flag() -> None:
                  "--keep_source", "--staging_folder", "--verbose", "--allowed-buckets",
                  "--allow-git", "--timeout", "STEPKIT_GCS_LOCATION"):  # fmt: skip
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("status", "compressed"),
+    [(200, False), (200, True), (503, False)],
+    ids=["metadata", "gzip-bomb", "error-body"],
+)
+def test_oversized_metadata_answer_is_not_buffered(
+    dest: Path, status: int, compressed: bool
+) -> None:
+    """Issue 10: a hostile endpoint's 64 MiB JSON answer is refused, not read into memory."""
+    size = 64 << 20
+    with OversizedGcs(size, status=status, gzip=compressed) as hostile:
+        run = fetch(
+            hostile.env,
+            "--type",
+            "Manifest",
+            "--location",
+            "gs://bucket-ok/m.json",
+            "--dest_dir",
+            str(dest),
+            "--retries",
+            "1",
+            "--backoff",
+            "0s",
+        )
+    assert run.returncode == 1, run.output
+    last = run.stderr.strip().splitlines()[-1]
+    assert "gs://bucket-ok/m.json" in last
+    if status == 200:
+        assert "larger than 8 MiB" in last, last
+    else:
+        assert "HTTP 503" in last, last
+    assert hostile.sent, "the fetcher asked the endpoint"
+    if not compressed:
+        assert all(n < size for n in hostile.sent), "the fetcher stopped reading and hung up"
+    assert list(dest.iterdir()) == []

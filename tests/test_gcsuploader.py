@@ -18,7 +18,7 @@ import pytest
 from stepkit import gcsmanifest
 from stepkit.gcs import parse_location
 from tests.conftest import Run, assert_no_leak, run_stepkit
-from tests.gcspeers import FakeGcs, GcsFaultProxy
+from tests.gcspeers import FakeGcs, GcsFaultProxy, OversizedGcs
 
 _buckets = itertools.count()
 
@@ -496,3 +496,28 @@ def test_resumable_session_url_never_shown(
     assert_no_leak(run.output, sorted(ids))
     assert "Traceback" in run.stderr, "--debug printed the traceback, and it is clean too"
     assert gcs.names(bucket) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "compressed"),
+    [(200, False), (200, True), (503, False)],
+    ids=["metadata", "gzip-bomb", "error-body"],
+)
+def test_oversized_json_answer_is_not_buffered(
+    tmp_path: Path, status: int, compressed: bool
+) -> None:
+    """Issue 10: a hostile endpoint's 64 MiB JSON answer is refused, not read into memory."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    size = 64 << 20
+    with OversizedGcs(size, status=status, gzip=compressed) as hostile:
+        run = upload(src, "gs://bucket-ok/m/manifest.json", hostile.env, "--retries", "1")
+    assert run.returncode == 1, run.output
+    last = run.stderr.strip().splitlines()[-1]
+    assert "larger than 8 MiB" in last, last
+    assert "/o/" + sha1(b"a") in last, "the error names the request"
+    assert hostile.sent, "the uploader asked the endpoint"
+    if not compressed:
+        assert all(n < size for n in hostile.sent), "the uploader stopped reading and hung up"
+    assert not (tmp_path / "termination").exists()

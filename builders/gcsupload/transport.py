@@ -1,4 +1,4 @@
-"""The HTTP transport under gcs-uploader's storage client: upload sessions kept secret.
+"""The HTTP transport under gcs-uploader's storage client: JSON answers capped, upload sessions kept secret.
 
 A resumable upload session is a URL whose `upload_id` query parameter is a credential: whoever
 holds it can write the object, without any other token. Every session the client uses was
@@ -17,11 +17,12 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 import requests.adapters
 
-from stepkit import secret
+from stepkit import gcs, secret
 
 # Query parameters that identify an upload session (GCS's JSON and XML APIs).
 _SESSION_PARAMS = ("upload_id",)
 _SESSION_VALUE = re.compile(r"(?P<name>\bupload_id=)[^&#\s'\"<>()\[\]]*", re.IGNORECASE)
+_CHUNK = 64 << 10
 
 
 def scrub(text: str) -> str:
@@ -39,14 +40,20 @@ def register_session(location: str) -> None:
     secret.register(location)
 
 
+def _where(request: requests.PreparedRequest) -> str:
+    """The request as an error may name it: method, host and path, never the query."""
+    parts = urlsplit(request.url or "")
+    return f"{request.method} {parts.netloc}{parts.path}"
+
+
 def _scrubbed(exc: requests.RequestException) -> requests.RequestException:
     """The same kind of error (callers and retry predicates test the type), its text scrubbed."""
     return type(exc)(scrub(str(exc)), request=exc.request, response=exc.response)
 
 
 class GuardedAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, plus: every upload session URL registered as a secret the moment it
-    arrives, and the request's URL scrubbed from the adapter's errors."""
+    """requests' adapter, plus: non-streamed answers read up to gcs.MAX_METADATA_BYTES, and every
+    upload session URL registered as a secret the moment it arrives."""
 
     def send(
         self,
@@ -59,7 +66,7 @@ class GuardedAdapter(requests.adapters.HTTPAdapter):
     ) -> requests.Response:
         try:
             response = super().send(
-                request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+                request, stream=True, timeout=timeout, verify=verify, cert=cert, proxies=proxies
             )
         except requests.RequestException as exc:
             # Library messages carry the request's URL ("Max retries exceeded with url: ...").
@@ -67,4 +74,18 @@ class GuardedAdapter(requests.adapters.HTTPAdapter):
         location = response.headers.get("Location")
         if location and request.method in ("POST", "PUT") and "upload" in (request.url or ""):
             register_session(location)
+        if stream:
+            return response  # a download the caller reads itself (the uploader makes none)
+        try:
+            body = gcs.read_metadata_body(response.iter_content(_CHUNK), _where(request))
+        except requests.RequestException as exc:
+            response.close()
+            raise _scrubbed(exc) from None
+        except BaseException:
+            response.close()
+            raise
+        # What Session.send's own `response.content` would have read, under a cap: requests
+        # keeps a read body in `_content` and returns it from then on.
+        response._content = body
+        response._content_consumed = True
         return response
