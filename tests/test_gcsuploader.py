@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,13 @@ from typing import Any
 
 import pytest
 
+from builders.gcsupload import tree as uptree
+from builders.gcsupload.spec import UploadSpec
+from builders.gcsupload.upload import run as upload_run
 from stepkit import gcsmanifest
-from stepkit.gcs import parse_location
-from tests.conftest import Run, assert_no_leak, run_stepkit
+from stepkit.errors import StepkitError
+from stepkit.gcs import Location, parse_location
+from tests.conftest import STEPKIT, Run, assert_no_leak, run_stepkit
 from tests.gcspeers import FakeGcs, GcsFaultProxy, OversizedGcs
 
 _buckets = itertools.count()
@@ -520,4 +525,133 @@ def test_oversized_json_answer_is_not_buffered(
     assert hostile.sent, "the uploader asked the endpoint"
     if not compressed:
         assert all(n < size for n in hostile.sent), "the uploader stopped reading and hung up"
+    assert not (tmp_path / "termination").exists()
+
+
+# Same length as INSIDE: only the content tells them apart.
+INSIDE = b"inside content\n"
+OUTSIDE = b"OUTSIDE-SECRET\n"
+
+
+def _tree_with_outside(tmp_path: Path) -> tuple[Path, Path]:
+    """src/sub/x.txt inside --dir, and outside/x.txt beside it with other content."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "x.txt").write_bytes(INSIDE)
+    (src / "a.txt").write_bytes(b"a")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.txt").write_bytes(OUTSIDE)
+    return src, outside
+
+
+def test_directory_swapped_for_a_symlink_before_upload_is_not_followed(
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    """Issue 10: --dir/sub becomes a symlink to outside after the scan, before sub/x.txt is sent.
+
+    The proxy holds the uploader's look-up of sub/x.txt's object (it comes after the scan and
+    the hashing, just before the file is opened again to upload it), the test swaps the
+    directory on the real filesystem, then lets the request go on.
+    """
+    src, outside = _tree_with_outside(tmp_path)
+    gcs_proxy.capture_bodies = True
+    gate = gcs_proxy.hold(f"/o/{sha1(INSIDE)}")
+    argv = [STEPKIT, "gcs-uploader", "--dir", str(src), "--location"]
+    argv += [f"gs://{bucket}/m/manifest.json", "--workers", "1", "--retries", "0"]
+    argv += ["--terminationMessagePath", str(tmp_path / "termination")]
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, **gcs_proxy.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert gate.arrived.wait(60), "the uploader never looked up sub/x.txt's object"
+        (src / "sub").rename(tmp_path / "sub-was-here")
+        os.symlink(outside, src / "sub")
+        gate.release()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        gate.release()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    sent = [body for _, _, body in gcs_proxy.bodies]
+    assert sent, "other objects were uploaded meanwhile, through the proxy"
+    assert not any(OUTSIDE in body for body in sent), "a file outside --dir was uploaded"
+    assert proc.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "'sub/x.txt'" in last and "'sub' is a symlink" in last, last
+    assert sha1(OUTSIDE) not in gcs.names(bucket)
+    assert "m/manifest.json" not in gcs.names(bucket)
+    assert not (tmp_path / "termination").exists()
+
+
+def _dir_to_symlink(src: Path, outside: Path) -> str:
+    (src / "sub").rename(src.parent / "sub-was-here")
+    os.symlink(outside, src / "sub")
+    return "'sub' is a symlink now"
+
+
+def _dir_to_file(src: Path, outside: Path) -> str:
+    (src / "sub").rename(src.parent / "sub-was-here")
+    (src / "sub").write_bytes(OUTSIDE)
+    return "'sub' is not a directory now"
+
+
+def _file_to_symlink(src: Path, outside: Path) -> str:
+    (src / "sub" / "x.txt").unlink()
+    os.symlink(outside / "x.txt", src / "sub" / "x.txt")
+    return "'sub/x.txt' was replaced by a symlink"
+
+
+@pytest.mark.parametrize("swap", [_dir_to_symlink, _dir_to_file, _file_to_symlink])
+@pytest.mark.parametrize("dir_is_a_link", [False, True])
+def test_swap_between_scan_and_hashing_is_refused(
+    gcs_proxy: GcsFaultProxy,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    swap: Callable[[Path, Path], str],
+    dir_is_a_link: bool,
+) -> None:
+    """The same race at the first read of the file (hashing), in process: the test's own step
+    runs right after the uploader's scan and swaps on the real filesystem."""
+    src, outside = _tree_with_outside(tmp_path)
+    # --dir itself may be a symlink (the user chose it); only what is below it is never followed.
+    root_path = src
+    if dir_is_a_link:
+        root_path = tmp_path / "dir-link"
+        os.symlink(src, root_path)
+    expected: list[str] = []
+    scan = uptree.walk
+
+    def scan_then_swap(*args: Any, **kwargs: Any) -> uptree.Walked:
+        walked = scan(*args, **kwargs)
+        expected.append(swap(src, outside))
+        return walked
+
+    monkeypatch.setattr(uptree, "walk", scan_then_swap)
+    for name, value in gcs_proxy.env.items():
+        monkeypatch.setenv(name, value)
+    gcs_proxy.capture_bodies = True
+    spec = UploadSpec(
+        dir=root_path,
+        manifest=Location(bucket, "m/manifest.json"),
+        prefix="",
+        workers=1,
+        retries=0,
+        backoff=0.0,
+        timeout=30.0,
+        termination_path=str(tmp_path / "termination"),
+        results_dir=None,
+    )
+    with pytest.raises(StepkitError) as caught:
+        upload_run(spec)
+    assert not any(OUTSIDE in body for _, _, body in gcs_proxy.bodies), "outside was uploaded"
+    assert caught.value.exit_code == 1
+    assert "'sub/x.txt'" in str(caught.value) and expected[0] in str(caught.value)
+    assert gcs_proxy.requests == [], "it failed while hashing, before any request"
     assert not (tmp_path / "termination").exists()

@@ -153,8 +153,9 @@ def _api_error(exc: Exception, location: Location, action: str, permission: str)
 
 
 class Uploader:
-    def __init__(self, spec: UploadSpec, bucket: Any, stats: Stats) -> None:
+    def __init__(self, spec: UploadSpec, root: tree.Root, bucket: Any, stats: Stats) -> None:
         self.spec = spec
+        self.root = root
         self.bucket = bucket
         self.stats = stats
 
@@ -223,7 +224,7 @@ class Uploader:
                     retry=None,
                 )
             else:
-                with tree.open_regular(hashed.item) as f:
+                with tree.open_regular(self.root, hashed.item) as f:
                     blob.upload_from_file(
                         f,
                         size=hashed.size,
@@ -329,7 +330,12 @@ def _run_pool(
 
 
 def run(spec: UploadSpec) -> int:
-    walked = tree.walk(spec.dir)
+    with tree.Root(spec.dir) as root:
+        return _upload(spec, root)
+
+
+def _upload(spec: UploadSpec, root: tree.Root) -> int:
+    walked = tree.walk(root)
     for empty in walked.empty_dirs:
         log.warning(
             "empty directory %s is not uploaded: a manifest holds only files and symlinks",
@@ -350,7 +356,7 @@ def run(spec: UploadSpec) -> int:
     hash_workers = max(1, min(spec.workers, (os.cpu_count() or 1) * 2))
 
     def hash_one(item: tree.Item) -> tree.Hashed:
-        result = tree.hash_item(item)
+        result = tree.hash_item(root, item)
         with stats.lock:
             stats.hashed += 1
         return result
@@ -368,7 +374,7 @@ def run(spec: UploadSpec) -> int:
 
     client = make_client(spec.workers)
     bucket = client.bucket(spec.manifest.bucket)
-    uploader = Uploader(spec, bucket, stats)
+    uploader = Uploader(spec, root, bucket, stats)
     stats.started = time.monotonic()
     log.info(
         "uploading %s to gs://%s/%s",
