@@ -371,6 +371,19 @@ def test_adv50_whiteout_in_the_same_layer_as_its_target(scene: Scene) -> None:
     scene.assert_outside_untouched()
 
 
+def test_adv50_whiteout_of_a_dir_beside_a_deeper_whiteout(scene: Scene) -> None:
+    serve_layers(
+        scene,
+        [LayerFile("a/b/f", b"f\n"), LayerFile("a/b/g", b"g\n"), LayerFile("z", b"z\n")],
+        [LayerFile("a/b/f", type="whiteout"), LayerFile("a", type="whiteout")],
+    )
+    result = scene.fetch("org/layers:v1")
+    assert result.returncode == 0, result.output
+    # Whiteouts are no entries of their layer: `a` goes whole, no empty `a/b` is left.
+    assert snapshot(scene.dest) == {**scene.before, "z": "z\n"}
+    scene.assert_outside_untouched()
+
+
 @pytest.mark.parametrize("name", [".wh.", ".wh..", ".wh...", "a/.wh..", "a/.wh..."])
 def test_adv50_whiteout_of_nothing_dot_or_dotdot(scene: Scene, name: str) -> None:
     serve_layers(

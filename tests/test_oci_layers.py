@@ -303,12 +303,16 @@ def test_same_layer_duplicates_last_wins(box: Box) -> None:
     assert tree(box.root) == {"a": ("f644", b"2"), "l": ("f644", b"file"), "d": ("l", "a")}
 
 
-def test_whiteout_of_missing_name_and_opaque_in_new_dir(box: Box) -> None:
+def test_whiteout_of_missing_name_and_in_missing_dirs_makes_nothing(box: Box) -> None:
+    """A whiteout is hidden once applied (the spec): one with nothing to hide leaves no trace,
+    not even the directories its name passes through."""
     fs = RootFs(box.root)
-    apply(fs, box, [F("a")])
-    stats = apply(fs, box, [W(".wh.nothing"), W("new/.wh..wh..opq")])
-    assert stats.whiteouts == 2
-    assert tree(box.root) == {"a": ("f644", b""), "new": ("d755", "")}
+    apply(fs, box, [F("a"), D("d")])
+    stats = apply(
+        fs, box, [W(".wh.nothing"), W("new/.wh..wh..opq"), W("x/y/.wh.z"), W("d/e/.wh.f")]
+    )
+    assert stats.whiteouts == 4
+    assert tree(box.root) == {"a": ("f644", b""), "d": ("d755", "")}
 
 
 def test_gzip_docker_media_type_and_magic_fallback(box: Box) -> None:
@@ -427,6 +431,36 @@ def test_adv50_whiteout_in_same_layer_as_target(box: Box) -> None:
     # A later layer hides them.
     apply(fs, box, [W(".wh.a"), W(".wh.d")])
     assert sorted(os.listdir(box.root)) == ["b", "c"]
+
+
+@pytest.mark.parametrize("first", ["deeper", "dir"])
+def test_adv50_whiteout_of_a_dir_and_a_deeper_whiteout_in_one_layer(box: Box, first: str) -> None:
+    """`.wh.a` and `a/b/.wh.f` in one layer, in either order: the deeper whiteout is no
+    resource of the layer (the spec hides a whiteout once applied), so it keeps nothing of `a`
+    alive: `a` goes whole, no empty `a/b` stays behind."""
+    fs = RootFs(box.root)
+    apply(fs, box, [F("a/b/f", b"lower"), F("a/b/g", b"lower"), F("a/c"), F("k", b"k")])
+    deeper, top = W("a/b/.wh.f"), W(".wh.a")
+    apply(fs, box, [deeper, top] if first == "deeper" else [top, deeper])
+    assert tree(box.root) == {"k": ("f644", b"k")}
+
+
+@pytest.mark.parametrize("first", ["deeper", "dir"])
+def test_adv50_whiteout_of_a_dir_keeps_only_what_its_layer_wrote_below(
+    box: Box, first: str
+) -> None:
+    """What the same layer really wrote under `a` survives `.wh.a`; a deeper whiteout or an
+    opaque marker of that layer adds nothing (the directories they name stay hidden)."""
+    fs = RootFs(box.root)
+    apply(fs, box, [F("a/b/f", b"lower"), F("a/o/p", b"lower"), F("a/c", b"lower")])
+    markers = [W("a/b/.wh.f"), W("a/o/.wh..wh..opq"), W(".wh.a")]
+    written = [F("a/new", b"upper"), D("a/d")]
+    apply(fs, box, markers + written if first == "dir" else written + markers)
+    assert tree(box.root) == {
+        "a": ("d755", ""),
+        "a/new": ("f644", b"upper"),
+        "a/d": ("d755", ""),
+    }
 
 
 @pytest.mark.parametrize(
@@ -748,8 +782,14 @@ def _reference(state: Ref, entries: Sequence[E]) -> bool:
         parts = tuple(e.name.split("/"))
         base = parts[-1]
         if base.startswith(".wh."):
-            if not parents(parts):
+            # A whiteout makes no directory and keeps none alive: with a directory of its
+            # name missing it hides nothing; through a file or symlink it is refused.
+            kinds = [state.get(parts[:i], ("",))[0] for i in range(1, len(parts))]
+            missing = kinds.index("") if "" in kinds else len(kinds)
+            if any(k != "d" for k in kinds[:missing]):
                 return False
+            if missing < len(kinds):
+                continue
             hidden = base[4:]
             if hidden == ".wh..opq":
                 for q in [q for q in state if len(q) == len(parts) and q[:-1] == parts[:-1]]:

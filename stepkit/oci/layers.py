@@ -15,7 +15,10 @@ Rules (ADVERSARIAL.md items 50 and 51, and the archive rules of stepkit.archive)
 - `.wh.NAME` hides NAME of lower layers only (the spec: "Whiteout files MUST only apply to
   resources in lower/parent layers"): what this layer itself wrote at or below NAME
   survives, wherever the whiteout stands in the tar. `.wh..wh..opq` in D hides every lower
-  child of D in the same way, before or after the layer's own children of D. `.wh.`,
+  child of D in the same way, before or after the layer's own children of D. A whiteout is
+  no resource of its layer ("the whiteout itself MUST also be hidden"): it makes no
+  directory, and a directory it names is not thereby the layer's, so `.wh.a` beside
+  `a/b/.wh.f` removes all of `a`; one in a directory that does not exist hides nothing. `.wh.`,
   `.wh..` and `.wh...` (hiding '', '.', '..'), other `.wh..wh.` names (AUFS metadata) and
   whiteouts that are not regular files are refused as malformed.
 - Symlinks are stored as the image has them, absolute ones too (`bin -> usr/bin`,
@@ -354,8 +357,13 @@ class _LayerWork:
                 self.remove(parent, pfd, base, existing)
             self.write(entry, parent, pfd, base)
 
-    def parent(self, entry: TarEntry, parts: tuple[str, ...]) -> tuple[_Node, int]:
-        """The directory node and descriptor for parts, made where missing, never through a symlink."""
+    def parent(
+        self, entry: TarEntry, parts: tuple[str, ...], *, written: bool = True
+    ) -> tuple[_Node, int]:
+        """The directory node and descriptor for parts, made where missing, never through a symlink.
+
+        `written`: the directories count as written by this layer (a whiteout's do not).
+        """
         chain = self.chain
         keep = 1
         while keep < len(chain) and keep <= len(parts) and chain[keep][0] == parts[keep - 1]:
@@ -382,8 +390,9 @@ class _LayerWork:
             fd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
             chain.append((comp, child, fd))
             node = child
-        for _, dnode, _ in chain:
-            dnode.seen = self.layer
+        if written:
+            for _, dnode, _ in chain:
+                dnode.seen = self.layer
         return node, fd
 
     def mkdir(self, parent: _Node, pfd: int, name: str) -> _Node:
@@ -485,9 +494,18 @@ class _LayerWork:
             raise entry.fail("unsupported whiteout metadata (AUFS '.wh..wh.' names)")
         if entry.kind != "file":
             raise entry.fail("a whiteout must be a regular file")
-        parent, pfd = self.parent(entry, parts[:-1])
-        assert parent.children is not None
         self.whiteouts += 1
+        where = self.fs._tree
+        for comp in parts[:-1]:
+            assert where.children is not None
+            step = where.children.get(comp)
+            if step is None:
+                return  # nothing below a missing directory to hide, and none is made for it
+            if step.kind != _DIR:
+                break  # parent() refuses it, naming it
+            where = step
+        parent, pfd = self.parent(entry, parts[:-1], written=False)
+        assert parent.children is not None
         if base == _OPAQUE:
             for name, child in list(parent.children.items()):
                 self.hide_lower(parent, pfd, name, child)
