@@ -175,6 +175,16 @@ def images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict
     assert pushed["multi"] == index
     pushed["multi/linux/amd64"] = platform_manifest(layout, index, "linux/amd64")
     pushed["multi/linux/arm64/v8"] = platform_manifest(layout, index, "linux/arm64/v8")
+    # An image built for old ARM boards only, as many are: no v7 entry.
+    layout = work / "oldarm"
+    index = write_index_layout(layout, "v1", {
+        "linux/arm/v5": [layer_tar([LayerFile("arch", b"armv5\n")])],
+        "linux/arm/v6": [layer_tar([LayerFile("arch", b"armv6\n")])],
+    })  # fmt: skip
+    pushed["oldarm"] = push(layout, "v1", registry, "team/oldarm", username=USER,
+                            password=PASSWORD)  # fmt: skip
+    for plat in ("linux/arm/v5", "linux/arm/v6"):
+        pushed[f"oldarm/{plat}"] = platform_manifest(layout, index, plat)
     return pushed
 
 
@@ -299,6 +309,26 @@ def test_multi_platform_index_by_flag_env_and_default(
     assert result.returncode != 0, result.output
     assert "linux/s390x" in error_line(result)
     assert not (tmp_path / "none").exists()
+
+
+def test_arm_v7_falls_back_to_v6_as_containerd_does(
+    registry: Registry, images: dict[str, str], secrets: Secrets, tmp_path: Path
+) -> None:
+    login(secrets, registry.host)
+    ref = f"-image={registry.host}/team/oldarm:v1"
+    for platform, got in [("-platform=linux/arm/v7", "v6"), ("-platform=linux/armhf", "v6"),
+                          ("-platform=linux/arm64", "v6"), ("-platform=linux/arm/v5", "v5")]:  # fmt: skip
+        dest = tmp_path / platform.rpartition("=")[2].replace("/", "-")
+        result = fetch(ref, platform, f"-dest_dir={dest}", ca(registry),
+                       f"-results-dir={dest}.r")  # fmt: skip
+        assert result.returncode == 0, result.output
+        assert snapshot(dest) == {"arch": f"arm{got}\n"}
+        assert Path(f"{dest}.r/digest").read_text() == images[f"oldarm/linux/arm/{got}"]
+    # Nothing older than v5 stands in for it, and the error lists what there is.
+    result = fetch(ref, "-platform=linux/arm/v4", f"-dest_dir={tmp_path / 'v4'}", ca(registry))
+    assert result.returncode == 1, result.output
+    assert "linux/arm/v4" in error_line(result) and "linux/arm/v6" in error_line(result)
+    assert not (tmp_path / "v4").exists()
 
 
 # ---------------------------------------------------------------------------------------------

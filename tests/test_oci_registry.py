@@ -198,12 +198,26 @@ def test_validate_digest_shortens_huge_values() -> None:
     ("value", "expected"),
     [
         ("linux/amd64", Platform("linux", "amd64")),
-        ("linux/arm64/v8", Platform("linux", "arm64", "v8")),
+        ("linux/arm64/v8", Platform("linux", "arm64")),  # v8 is arm64's default, not written
         ("linux/arm/v7", Platform("linux", "arm", "v7")),
         ("windows/amd64", Platform("windows", "amd64")),
-        ("linux/x86_64", Platform("linux", "amd64")),
-        ("linux/aarch64", Platform("linux", "arm64")),
         ("linux/ppc64le", Platform("linux", "ppc64le")),
+        # containerd's normalisation (platforms.Normalize / normalizeArch).
+        ("linux/x86_64", Platform("linux", "amd64")),
+        ("linux/x86-64", Platform("linux", "amd64")),
+        ("linux/amd64/v1", Platform("linux", "amd64")),
+        ("linux/amd64/v3", Platform("linux", "amd64", "v3")),
+        ("linux/i386", Platform("linux", "386")),
+        ("linux/aarch64", Platform("linux", "arm64")),
+        ("linux/aarch64/8", Platform("linux", "arm64")),
+        ("linux/arm64/v8.2", Platform("linux", "arm64", "v8.2")),
+        ("linux/arm", Platform("linux", "arm", "v7")),
+        ("linux/arm/7", Platform("linux", "arm", "v7")),
+        ("linux/arm/6", Platform("linux", "arm", "v6")),
+        ("linux/armhf", Platform("linux", "arm", "v7")),
+        ("linux/armel", Platform("linux", "arm", "v6")),
+        ("Linux/AMD64", Platform("linux", "amd64")),
+        ("macos/arm64", Platform("darwin", "arm64")),
     ],
 )
 def test_platform_parse(value: str, expected: Platform) -> None:
@@ -220,9 +234,9 @@ def test_platform_parse(value: str, expected: Platform) -> None:
         "linux/",
         "/amd64",
         "linux/amd64/v8/x",
-        "Linux/AMD64",
         "linux/am d64",
         "linux/../x",
+        "linux/amd64\n",
     ],
 )
 def test_platform_parse_refuses(value: str) -> None:
@@ -240,22 +254,83 @@ def test_platform_current_is_this_machine() -> None:
         assert current.variant is None
 
 
+def _p(value: str) -> Platform:
+    os_name, arch, *variant = value.split("/")
+    return Platform(os_name, arch, variant[0] if variant else None)
+
+
 @pytest.mark.parametrize(
     ("want", "entry", "matches"),
     [
-        (AMD64, Platform("linux", "amd64"), True),
-        (AMD64, Platform("linux", "amd64", "v3"), True),  # no variant asked: any
-        (AMD64, Platform("windows", "amd64"), False),
-        (AMD64, Platform("linux", "arm64"), False),
-        (ARM64, Platform("linux", "arm64"), True),  # arm64 without variant is v8
-        (ARM64, Platform("linux", "arm64", "v8"), True),
-        (ARM64, Platform("linux", "arm64", "v9"), False),
-        (Platform("linux", "arm", "v7"), Platform("linux", "arm", "v6"), False),
-        (Platform("linux", "arm", "v7"), Platform("linux", "arm"), False),
+        ("linux/amd64", "linux/amd64", True),
+        ("linux/amd64", "linux/amd64/v1", True),  # v1 is amd64's default
+        ("linux/amd64", "linux/amd64/v3", False),  # needs a newer CPU than asked for
+        ("linux/amd64", "linux/386", True),  # containerd: amd64 runs 386
+        ("linux/amd64", "windows/amd64", False),
+        ("linux/amd64", "linux/arm64", False),
+        ("linux/386", "linux/amd64", False),
+        ("linux/amd64/v3", "linux/amd64/v2", True),
+        ("linux/amd64/v3", "linux/amd64", True),
+        ("linux/amd64/v3", "linux/amd64/v4", False),
+        ("linux/arm64/v8", "linux/arm64", True),  # arm64 without variant is v8
+        ("linux/arm64", "linux/arm64/v8", True),
+        ("linux/arm64", "linux/AArch64", True),  # an index's spelling is normalised too
+        ("linux/arm64/v8", "linux/arm64/v9", False),
+        ("linux/arm64/v8", "linux/arm64/v8.1", False),
+        ("linux/arm64/v8.2", "linux/arm64/v8.1", True),
+        ("linux/arm64/v8.2", "linux/arm64", True),
+        ("linux/arm64/v9", "linux/arm64/v8.5", True),
+        ("linux/arm64/v9", "linux/arm64/v8.6", False),
+        ("linux/arm64", "linux/arm/v7", True),  # arm64 runs 32-bit arm
+        ("linux/arm64", "linux/arm/v5", True),
+        ("linux/arm/v7", "linux/arm/v7", True),
+        ("linux/arm/v7", "linux/arm", True),  # arm without variant is v7
+        ("linux/arm/v7", "linux/arm/v6", True),
+        ("linux/arm/v7", "linux/arm/v5", True),
+        ("linux/arm/v7", "linux/arm/v8", False),
+        ("linux/arm/v6", "linux/arm/v7", False),
+        ("linux/arm/v5", "linux/arm/v6", False),
+        ("linux/arm/v7", "linux/arm64", False),
     ],
 )
-def test_platform_matches(want: Platform, entry: Platform, matches: bool) -> None:
-    assert want.matches(entry) is matches
+def test_platform_matches_as_containerd(want: str, entry: str, matches: bool) -> None:
+    assert _p(want).matches(_p(entry)) is matches
+
+
+@pytest.mark.parametrize(
+    ("want", "order"),
+    [
+        ("linux/arm/v7", ["linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]),
+        ("linux/arm/v5", ["linux/arm/v5"]),
+        ("linux/amd64/v3", ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]),
+        ("linux/amd64", ["linux/amd64", "linux/386"]),
+        (
+            "linux/arm64",
+            ["linux/arm64", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"],
+        ),
+        (
+            "linux/arm64/v9.1",
+            [
+                "linux/arm64/v9.1",
+                "linux/arm64/v9",
+                "linux/arm64/v8.6",
+                "linux/arm64/v8.5",
+                "linux/arm64/v8.4",
+                "linux/arm64/v8.3",
+                "linux/arm64/v8.2",
+                "linux/arm64/v8.1",
+                "linux/arm64",
+                "linux/arm/v8",
+                "linux/arm/v7",
+                "linux/arm/v6",
+                "linux/arm/v5",
+            ],
+        ),
+        ("linux/s390x", ["linux/s390x"]),
+    ],
+)
+def test_platform_candidates_best_first(want: str, order: list[str]) -> None:
+    assert [str(p) for p in _p(want).candidates()] == order
 
 
 # --------------------------------------------------------------------------------------------
@@ -772,6 +847,40 @@ def test_anonymous_on_a_registry_without_auth(
         assert image.digest == digest
         assert _fetch_all(client, image, tmp_path) == [LAYER]
     assert all(r.authorization is None for r in hostile.requests)  # never asked: never sent
+
+
+def test_index_entry_chosen_as_containerd_would(
+    hostile: HostileRegistry, isolated_env: Path
+) -> None:
+    """The best compatible entry wins, an exact one first; index order breaks ties."""
+    images = {
+        plat: hostile.add_image("org/app", plat.replace("/", "-"), [LAYER], platform=plat)
+        for plat in ("linux/arm/v5", "linux/arm/v6", "linux/amd64/v2", "linux/386", "linux/arm64")
+    }
+    hostile.add_index(
+        "org/app", "old-arm", {p: images[p] for p in ("linux/arm/v5", "linux/arm/v6")}
+    )
+    hostile.add_index("org/app", "x86", {p: images[p] for p in ("linux/386", "linux/amd64/v2")})
+    hostile.add_index("org/app", "all", images)
+    with _client(hostile.ca_file) as client:
+
+        def pick(tag: str, want: str) -> str:
+            ref = parse_reference(f"{hostile.host}/org/app:{tag}", what="x")
+            return client.resolve(ref, Platform.parse(want, what="x")).digest
+
+        assert pick("old-arm", "linux/arm/v7") == images["linux/arm/v6"]
+        assert pick("old-arm", "linux/armhf") == images["linux/arm/v6"]
+        assert pick("old-arm", "linux/arm") == images["linux/arm/v6"]
+        assert pick("old-arm", "linux/arm64") == images["linux/arm/v6"]
+        assert pick("old-arm", "linux/arm/v6") == images["linux/arm/v6"]
+        assert pick("old-arm", "linux/armel") == images["linux/arm/v6"]
+        assert pick("old-arm", "linux/arm/v5") == images["linux/arm/v5"]
+        assert pick("x86", "linux/amd64/v3") == images["linux/amd64/v2"]
+        assert pick("x86", "linux/amd64") == images["linux/386"]
+        assert pick("all", "linux/aarch64") == images["linux/arm64"]  # exact beats arm/v6
+        with pytest.raises(StepkitError) as err:
+            pick("x86", "linux/arm/v7")
+    assert "linux/arm/v7" in str(err.value) and "linux/386" in str(err.value)
 
 
 def test_transient_errors_retried_4xx_not(

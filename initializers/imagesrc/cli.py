@@ -24,7 +24,9 @@ from stepkit.clickutil import (
 
 -image is a tag or digest reference; Docker Hub short names resolve as docker does
 (alpine -> docker.io/library/alpine:latest). Docker schema 2 and OCI manifests, manifest
-lists and indexes are read (the -platform entry chosen, default the running platform).
+lists and indexes are read (the -platform entry chosen as containerd chooses it: the same
+platform first, else the newest older variant it runs, arm/v7 taking arm/v6 or v5, arm64
+arm/v8 and below, amd64 386; default the running platform).
 Every manifest and layer is checked against its digest and size while it streams; layers
 are applied in order in a private staging directory with whiteouts and opaque
 directories as the OCI image spec defines, one layer file on disk at a time; then only
@@ -65,7 +67,8 @@ denied, 130 interrupted.""",
     envvar="STEPKIT_IMAGE_PLATFORM",
     default=None,
     metavar="OS/ARCH[/VARIANT]",
-    help="Platform to pick from a multi-platform image. [default: the running platform]",
+    help="Platform to pick from a multi-platform image (aarch64, x86_64, armhf, armel are "
+    "read as containerd reads them). [default: the running platform]",
 )
 @go_option(
     "insecure-registry",

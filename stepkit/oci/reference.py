@@ -26,8 +26,18 @@ _PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _NAME_MAX = 255
 _SHOWN_MAX = 200
 
-# The names uname and other tools use, mapped to the GOARCH spelling image indexes use.
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}
+# The names uname and Debian use, mapped to the GOARCH spelling indexes use, with the variant
+# each implies (None: keep the one given), as containerd's platforms.Normalize maps them.
+_ARCH_ALIASES: dict[str, tuple[str, str | None]] = {
+    "x86_64": ("amd64", None),
+    "x86-64": ("amd64", None),
+    "aarch64": ("arm64", None),
+    "i386": ("386", ""),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+}
+# What an architecture's variant is when none is written (containerd leaves these out).
+_DEFAULT_VARIANT = {"amd64": "v1", "arm64": "v8"}
 
 
 def _shown(value: str) -> str:
@@ -150,7 +160,12 @@ def parse_reference(value: str, *, what: str) -> Reference:
 
 @dataclass(frozen=True)
 class Platform:
-    """An image platform as OCI indexes name it (GOOS/GOARCH, with an optional variant)."""
+    """An image platform as OCI indexes name it (GOOS/GOARCH, with an optional variant).
+
+    Matching follows containerd's platforms package (Normalize, and Only's ordered vector):
+    both sides are normalised (arm64/v8 and amd64/v1 carry no variant, arm without one is
+    arm/v7), and a platform also runs older variants of its architecture, best first.
+    """
 
     os: str
     architecture: str
@@ -158,42 +173,103 @@ class Platform:
 
     @classmethod
     def parse(cls, value: str, *, what: str) -> Platform:
-        """ "linux/amd64" or "linux/arm64/v8"; "x86_64" and "aarch64" are read as amd64 and arm64."""
-        parts = value.split("/")
+        """ "linux/amd64" or "linux/arm64/v8", normalised as containerd does (aarch64, armhf, …)."""
+        parts = value.lower().split("/")
         if not 2 <= len(parts) <= 3 or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
             raise InputError(
                 f"{what}: platform {_shown(value)} is not os/architecture[/variant] "
                 "(for example linux/amd64 or linux/arm64/v8)"
             )
-        arch = _ARCH_ALIASES.get(parts[1], parts[1])
-        return cls(parts[0], arch, parts[2] if len(parts) == 3 else None)
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None).normalized()
 
     @classmethod
     def current(cls) -> Platform:
         """The platform this process runs on, as an index would name it."""
         machine = _platform.machine().lower()
         osname = "linux" if sys.platform.startswith("linux") else _platform.system().lower()
-        if machine in ("armv7l", "armv7"):
-            return cls(osname, "arm", "v7")
-        if machine in ("armv6l", "armv6"):
-            return cls(osname, "arm", "v6")
+        if machine.startswith("armv") and machine[4:5].isdigit():
+            return cls(osname, "arm", f"v{machine[4]}").normalized()  # armv7l, armv6l, armv8l
         if machine in ("i686", "i586"):
             return cls(osname, "386")
-        return cls(osname, _ARCH_ALIASES.get(machine, machine))
+        return cls(osname, machine).normalized()
 
-    def matches(self, other: Platform) -> bool:
-        """Whether an index entry's platform `other` satisfies this requested one.
+    def normalized(self) -> Platform:
+        """The canonical form: lower case, GOARCH names, default variants left out."""
+        os_name = self.os.lower()
+        if os_name == "macos":
+            os_name = "darwin"
+        arch, variant = self.architecture.lower(), (self.variant or "").lower()
+        alias = _ARCH_ALIASES.get(arch)
+        if alias is not None:
+            arch = alias[0]
+            if alias[1] is not None:
+                variant = alias[1]
+        if arch == "arm":
+            if variant in ("", "7"):
+                variant = "v7"
+            elif variant in ("5", "6", "8"):
+                variant = "v" + variant
+        elif arch == "arm64" and variant == "8":
+            variant = ""
+        if variant == _DEFAULT_VARIANT.get(arch):
+            variant = ""
+        return Platform(os_name, arch, variant or None)
 
-        The variant counts only when asked for; arm64 entries without a variant are v8.
-        """
-        if self.os != other.os or self.architecture != other.architecture:
-            return False
-        if self.variant is None:
-            return True
-        theirs = other.variant
-        if theirs is None and self.architecture == "arm64":
-            theirs = "v8"
-        return self.variant == theirs
+    def candidates(self) -> tuple[Platform, ...]:
+        """The platforms this one runs, best first: itself, then older variants (containerd's
+        platformVector): amd64/vN down to v1 then 386; arm/vN down to v5; arm64/v9.x down to
+        v9, then v8.(x+5) down to v8, then 32-bit arm from v8."""
+        me = self.normalized()
+        out = [me]
+        arch, variant = me.architecture, me.variant or _DEFAULT_VARIANT.get(me.architecture, "")
+
+        def add(architecture: str, var: str | None) -> None:
+            out.append(Platform(me.os, architecture, var).normalized())
+
+        if arch == "amd64":
+            level = _level(variant)
+            for n in range(level - 1, 0, -1) if level is not None else ():
+                add("amd64", f"v{n}")
+            add("386", None)
+        elif arch == "arm":
+            level = _level(variant)
+            for n in range(level - 1, 4, -1) if level is not None else ():
+                add("arm", f"v{n}")
+        elif arch == "arm64":
+            major_text, dot, minor_text = variant.partition(".")
+            major = _level(major_text)
+            if major is not None and major >= 8:
+                # containerd reads a minor only in the four-character form "v8.2".
+                minor = int(minor_text) if dot and len(variant) == 4 and minor_text.isdigit() else 0
+                if major == 9:
+                    for n in range(minor - 1, -1, -1):
+                        add("arm64", f"v9.{n}" if n else "v9")
+                    # v9.x took over from v8.(x+5).
+                    major, minor = 8, minor + 5
+                    add("arm64", f"v8.{minor}")
+                for n in range(minor - 1, -1, -1):
+                    add("arm64", f"v{major}.{n}" if n else f"v{major}")
+            arm = "v8" if variant.startswith(("v8.", "v9.")) else variant
+            out.extend(Platform(me.os, "arm", arm).candidates())
+        return tuple(dict.fromkeys(out))
+
+    def rank(self, entry: Platform) -> int | None:
+        """How well an index entry's platform suits this requested one: 0 for the same
+        platform, higher for older variants it also runs; None when it does not run it."""
+        try:
+            return self.candidates().index(entry.normalized())
+        except ValueError:
+            return None
+
+    def matches(self, entry: Platform) -> bool:
+        """Whether an index entry's platform runs on this requested one (see rank)."""
+        return self.rank(entry) is not None
 
     def __str__(self) -> str:
         return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+
+def _level(variant: str) -> int | None:
+    """N of a variant "vN" (or "N"), as containerd reads it; None when it is not one."""
+    digits = variant[1:] if variant.startswith("v") else variant
+    return int(digits) if digits.isdigit() and len(digits) <= 3 else None

@@ -324,15 +324,27 @@ class RegistryClient:
         if not isinstance(entries, list):
             raise StepkitError(f"{what}: 'manifests' is not a list")
         available: list[str] = []
+        best: tuple[int, Descriptor] | None = None
         for n, raw in enumerate(entries):
             desc = _descriptor(raw, f"{what}: manifests[{n}]", with_platform=True)
             if desc.platform is None:
                 continue  # docker skips entries without a platform, so do we
             if desc.media_type not in MANIFEST_TYPES | INDEX_TYPES:
                 continue  # e.g. an artifact beside the images
-            if want.matches(desc.platform):
-                return desc
             available.append(str(desc.platform))
+            rank = want.rank(desc.platform)
+            # As containerd: the best compatible platform, the first of equals in index order.
+            if rank is not None and (best is None or rank < best[0]):
+                best = (rank, desc)
+        if best is not None:
+            if best[0]:
+                log.info(
+                    "%s has no image for %s; taking the %s image, which runs on it",
+                    what,
+                    want,
+                    _short(str(best[1].platform)),
+                )
+            return best[1]
         listed = ", ".join(dict.fromkeys(available)) or "none"
         raise StepkitError(
             f"{what} has no image for platform {want} (available: {_short(listed, 400)}); "
