@@ -22,6 +22,7 @@ from tests.hostile_registry import HostileRegistry
 from tests.ocipeers import (
     LayerFile,
     TokenRegistry,
+    TokenRequest,
     layer_tar,
     push,
     write_index_layout,
@@ -418,6 +419,51 @@ def test_bearer_token_flow_with_creds_from_creds_init(
         assert not other.exists()
 
 
+def test_token_realm_on_a_sibling_host_needs_token_realm_host(
+    tmp_path: Path, secrets: Secrets
+) -> None:
+    # A self-hosted GitLab: the registry (127.0.0.1) sends clients to a token service on
+    # another host (localhost), which is not a parent domain of the registry's.
+    with TokenRegistry(tmp_path / "token-registry", {USER: PASSWORD},
+                       realm_host="localhost") as treg:  # fmt: skip
+        layout = tmp_path / "layout"
+        digest = write_layout(layout, "v1", layers_of(LAYERS))
+        assert push(layout, "v1", treg, "org/app", username=USER, password=PASSWORD) == digest
+        login(secrets, treg.host)
+        realm_port = int(treg.realm.rsplit(":", 1)[1].split("/")[0])
+
+        def run(
+            dest: Path, *args: str, env: Mapping[str, str] | None = None
+        ) -> tuple[Run, list[TokenRequest]]:
+            before = len(treg.token_requests)
+            result = fetch(f"-image={treg.host}/org/app:v1", f"-dest_dir={dest}", ca(treg),
+                           *args, env=env)  # fmt: skip
+            assert_no_leak(result.output, [*secrets.values, PASSWORD])
+            return result, treg.token_requests[before:]
+
+        # Without the option the password stays home and the error says how to send it.
+        result, asked = run(tmp_path / "refused")
+        assert result.returncode == 3, result.output
+        line = error_line(result)
+        assert "localhost" in line and "--token-realm-host" in line, line
+        assert asked and not any(r.basic for r in asked)
+        assert not (tmp_path / "refused").exists()
+        # Named, it gets them (only over HTTPS, as here), by the flag or its variable.
+        variable = {"STEPKIT_IMAGE_TOKEN_REALM_HOST": f"gitlab.example,localhost:{realm_port}"}
+        for name, args, env in [("flag", ["-token-realm-host=localhost"], None),
+                                ("env", [], variable)]:  # fmt: skip
+            result, asked = run(tmp_path / name, *args, env=env)
+            assert result.returncode == 0, result.output
+            assert snapshot(tmp_path / name) == EXPECTED
+            assert asked and all(r.user == USER for r in asked)
+        # A port named is that port only.
+        result, asked = run(
+            tmp_path / "port", f"-token-realm-host=localhost:{realm_port % 65535 + 1}"
+        )
+        assert result.returncode == 3, result.output
+        assert asked and not any(r.basic for r in asked)
+
+
 # ---------------------------------------------------------------------------------------------
 # The workspace
 # ---------------------------------------------------------------------------------------------
@@ -573,6 +619,8 @@ def test_sigterm_while_a_layer_download_hangs_cleans_up(tmp_path: Path, dest: Pa
         (["-image=reg.example/app", "-path=/a/../etc"], "--path"),
         (["-image=reg.example/app", "-insecure-registry=http://x"], "--insecure-registry"),
         (["-image=reg.example/app", "-insecure-registry=host:99999"], "--insecure-registry"),
+        (["-image=reg.example/app", "-token-realm-host=https://x"], "--token-realm-host"),
+        (["-image=reg.example/app", "-token-realm-host=*.example"], "--token-realm-host"),
         (["-image=reg.example/app", "-ca-file=/nonexistent/ca.pem"], "--ca-file"),
         (["-image=reg.example/app", "-timeout=soon"], "--timeout"),
         (["-image=reg.example/app", "-retries=-1"], "--retries"),
@@ -602,7 +650,8 @@ def test_help_lists_every_flag() -> None:
     for flag in ("--image", "--path", "--dest_dir", "--platform", "--insecure-registry",
                  "--ca-file", "--retries", "--timeout", "--results-dir",
                  "--terminationMessagePath", "STEPKIT_IMAGE_IMAGE",
-                 "STEPKIT_IMAGE_INSECURE_REGISTRY"):  # fmt: skip
+                 "STEPKIT_IMAGE_INSECURE_REGISTRY", "--token-realm-host",
+                 "STEPKIT_IMAGE_TOKEN_REALM_HOST"):  # fmt: skip
         assert flag in result.stdout
     listing = run_stepkit("--help")
     assert "image-fetcher" in listing.stdout

@@ -336,6 +336,49 @@ def test_adv49_realm_over_plain_http_gets_nothing(
     assert_no_leak(result.output, [*secrets.values, PASSWORD])
 
 
+def test_adv49_named_realm_host_still_gets_nothing_over_http_or_a_redirect(
+    scene: Scene, secrets: Secrets, tmp_path: Path
+) -> None:
+    # --token-realm-host opens a realm host to the credentials over HTTPS only, and the
+    # token service's redirect is still refused, never followed with them.
+    login(secrets, scene.reg.host, username=USER, password=PASSWORD)
+    scene.reg.add_image("org/app", "v1", [GOOD_LAYER])
+    other_name = scene.other.host.rsplit(":", 1)[0]
+    with OtherHost(tmp_path / "plain", tls=False) as plain:
+        plain.issue_tokens("/token")
+        scene.reg.require_bearer(f"{plain.url}/token")
+        named = plain.host.rsplit(":", 1)[0]
+        result = scene.fetch("org/app:v1", f"-token-realm-host={named}")
+        assert result.returncode == FAILED, result.output
+        one_line_naming(result, "plain-HTTP", plain.host)
+        assert all(r.authorization is None for r in plain.requests)
+    scene.other.serve("/token", b"", status=307, headers={"Location": f"{scene.reg.url}/steal"})
+    scene.reg.require_bearer(f"{scene.other.url}/token")
+    result = scene.fetch("org/app:v1", f"-token-realm-host={other_name}")
+    assert result.returncode == FAILED, result.output
+    one_line_naming(result, "redirect")
+    assert len([r for r in scene.other.requests if r.path.startswith("/token")]) == 1
+    assert not [r for r in scene.reg.requests if r.path.startswith("/steal")]
+    scene.assert_untouched()
+    assert_no_leak(result.output, [*secrets.values, PASSWORD])
+
+
+def test_adv49_named_realm_host_gets_the_credentials(scene: Scene, secrets: Secrets) -> None:
+    # The user's opt-in for a realm on another host (and not a parent domain): it gets them.
+    scene.other.issue_tokens("/token", credentials=(USER, PASSWORD))
+    scene.reg.require_bearer(f"{scene.other.url}/token")
+    login(secrets, scene.reg.host, username=USER, password=PASSWORD)
+    scene.reg.add_image("org/app", "v1", [GOOD_LAYER])
+    named = scene.other.host.rsplit(":", 1)[0]
+    result = scene.fetch("org/app:v1", f"-token-realm-host={named}")
+    assert result.returncode == 0, result.output
+    assert scene.other.token_requests
+    assert all(t.basic == (USER, PASSWORD) for t in scene.other.token_requests)
+    assert snapshot(scene.dest)["etc/conf"] == "image conf\n"
+    scene.assert_outside_untouched()
+    assert_no_leak(result.output, [*secrets.values, PASSWORD])
+
+
 # ---------------------------------------------------------------------------------------------
 # 50, 51: whiteouts and symlinks in layers (stereoscope#647, GHSA-vgfc-2cjj-9qwc)
 # ---------------------------------------------------------------------------------------------

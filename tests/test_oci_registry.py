@@ -1201,6 +1201,31 @@ def test_which_token_realms_get_basic_credentials(realm: str, registry: str, tru
         client.close()
 
 
+@pytest.mark.parametrize(
+    ("named", "realm", "trusted"),
+    [
+        ("gitlab.example.com", "https://gitlab.example.com/jwt/auth", True),
+        ("gitlab.example.com", "https://GitLab.Example.com:8443/jwt/auth", True),  # any port
+        ("gitlab.example.com:8443", "https://gitlab.example.com:8443/jwt/auth", True),
+        ("gitlab.example.com:8443", "https://gitlab.example.com/jwt/auth", False),
+        ("gitlab.example.com:443", "https://gitlab.example.com/jwt/auth", True),
+        ("gitlab.example.com", "http://gitlab.example.com/jwt/auth", False),  # never plain HTTP
+        ("gitlab.example.com", "https://evil.example/jwt/auth", False),
+        ("gitlab.example.com", "https://gitlab.example.com.evil.example/t", False),
+        ("[::1]", "https://[::1]:5001/t", True),
+    ],
+)
+def test_token_realm_hosts_named_by_the_user(named: str, realm: str, trusted: bool) -> None:
+    # Unit level for the same reason as above: real host names cannot point at a loopback peer.
+    from urllib.parse import urlsplit
+
+    client = RegistryClient(token_realm_hosts=[named])
+    try:
+        assert client._realm_trusted(urlsplit(realm), "registry.example.com") is trusted
+    finally:
+        client.close()
+
+
 class _AuthProxyHandler(socketserver.StreamRequestHandler):
     """A CONNECT proxy that wants Proxy-Authorization, as corporate proxies do.
 

@@ -34,7 +34,8 @@ directories as the OCI image spec defines, one layer file on disk at a time; the
 Symlinks of the image are copied as symlinks, never followed on the host.
 
 Credentials: $HOME/.docker/config.json as creds-init writes it (auths, credHelpers,
-credsStore), Basic or bearer tokens; anonymous otherwise. TLS is always verified
+credsStore), Basic or bearer tokens; anonymous otherwise. A token service gets them only
+over HTTPS on the registry's host, a parent domain of it, or a -token-realm-host. TLS is always verified
 (-ca-file adds a CA); plain HTTP only for registries named by -insecure-registry.
 Results: `digest` (the manifest fetched) and `image` (registry/repository@digest).
 Exit codes: 0 done, 1 failed, 2 bad input (flags, reference, hostile image), 3 access
@@ -78,6 +79,15 @@ denied, 130 interrupted.""",
     help="Registry reached over plain HTTP; repeatable (the variable: comma-separated).",
 )
 @go_option(
+    "token-realm-host",
+    envvar="STEPKIT_IMAGE_TOKEN_REALM_HOST",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Token service host that may receive the registry's credentials although it is not "
+    "the registry's host or a parent domain of it (self-hosted GitLab: its own host); HTTPS "
+    "only, never after a redirect; repeatable (the variable: comma-separated).",
+)
+@go_option(
     "ca-file",
     envvar="STEPKIT_IMAGE_CA_FILE",
     default=None,
@@ -109,6 +119,7 @@ def command(
     dest_dir: str | None,
     platform: str | None,
     insecure_registry: tuple[str, ...],
+    token_realm_host: tuple[str, ...],
     ca_file: str | None,
     retries: int,
     timeout: str,
@@ -131,5 +142,6 @@ def command(
         allow_git=allow_git,
         termination_path=terminationmessagepath,
         results_dir=results_dir,
+        token_realm_host=token_realm_host,
     )
     return run(spec)

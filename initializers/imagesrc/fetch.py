@@ -179,6 +179,7 @@ def run(spec: ImageSpec) -> int:
     client = RegistryClient(
         docker_config=_docker_config(),
         insecure=spec.insecure,
+        token_realm_hosts=spec.token_realm_hosts,
         ca_file=spec.ca_file,
         retries=spec.retries,
         timeout=spec.timeout,

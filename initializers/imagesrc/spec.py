@@ -28,6 +28,7 @@ class ImageSpec:
     allow_git: bool = False
     termination_path: str | None = None
     results_dir: str | None = None
+    token_realm_hosts: frozenset[str] = frozenset()  # host[:port], as parse_hosts gives them
 
 
 def parse_image_path(value: str, *, flag: str = "--path") -> str:
@@ -52,6 +53,11 @@ def parse_image_path(value: str, *, flag: str = "--path") -> str:
 
 def parse_insecure(values: tuple[str, ...], *, flag: str = "--insecure-registry") -> frozenset[str]:
     """Registries allowed over plain HTTP: repeated flags, each possibly comma-separated (the env var)."""
+    return parse_hosts(values, flag=flag)
+
+
+def parse_hosts(values: tuple[str, ...], *, flag: str) -> frozenset[str]:
+    """HOST[:PORT] values of repeated flags, each possibly comma-separated (the env var)."""
     hosts: set[str] = set()
     for raw in values:
         for item in raw.split(","):
@@ -109,6 +115,7 @@ def build(
     allow_git: bool = False,
     termination_path: str | None = None,
     results_dir: str | None = None,
+    token_realm_host: tuple[str, ...] = (),
 ) -> ImageSpec:
     reference = parse_reference(image, what="--image")
     timeout_s = parse_duration(timeout, flag="--timeout")
@@ -126,4 +133,5 @@ def build(
         allow_git=allow_git,
         termination_path=termination_path,
         results_dir=results_dir,
+        token_realm_hosts=parse_hosts(token_realm_host, flag="--token-realm-host"),
     )

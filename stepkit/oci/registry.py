@@ -6,7 +6,8 @@ descriptor that pointed to it, and refused when it is both an index and a manife
 index is followed to one platform, at most MAX_INDEX_DEPTH deep. Redirects are followed
 here, not by urllib3, so `Authorization` only ever goes to the registry's own origin and
 never over plain HTTP unless the registry itself is named insecure; Basic credentials go to
-a token realm only over HTTPS on the registry's own host. A blob is hashed while it is
+a token realm only over HTTPS on the registry's own host, a parent domain of it, or a host
+the user named (token_realm_hosts), and never on after a redirect. A blob is hashed while it is
 written; a body longer than its descriptor is cut off, a short one resumed with Range, and
 the file is removed on any failure.
 """
@@ -123,6 +124,7 @@ class RegistryClient:
         *,
         docker_config: Path | None = None,
         insecure: Collection[str] = (),
+        token_realm_hosts: Collection[str] = (),
         ca_file: Path | None = None,
         retries: int = 3,
         backoff: float = 0.5,
@@ -136,6 +138,10 @@ class RegistryClient:
             docker_config = Path(os.environ.get("HOME") or Path.home()) / ".docker" / "config.json"
         self._config = DockerConfig(docker_config)
         self._insecure = frozenset(_plain_netloc(h) for h in insecure)
+        # host (any port) or host:port; 443 left out as a realm URL leaves it out.
+        self._realm_hosts = frozenset(
+            _netloc(urlsplit(f"https://{h.strip()}")) for h in token_realm_hosts
+        )
         self._retries = max(0, retries)
         self._backoff = max(0.0, backoff)
         self._timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, timeout), read=timeout)
@@ -146,7 +152,8 @@ class RegistryClient:
         self._origins: dict[str, _Origin] = {}
         self._creds: dict[str, Credentials | None] = {}
         self._tokens: dict[tuple[str, str], str] = {}
-        self._withheld: dict[str, str] = {}  # api host -> the realm host credentials were kept from
+        # api host -> scheme://host[:port] of the realm the credentials were kept from
+        self._withheld: dict[str, str] = {}
 
     # ---------------------------------------------------------------- public API
 
@@ -722,12 +729,14 @@ class RegistryClient:
         trusted = self._realm_trusted(parts, ref.api_host)
         if creds is not None and not trusted:
             with self._lock:
-                self._withheld[ref.api_host] = parts.netloc
+                self._withheld[ref.api_host] = f"{scheme}://{parts.netloc}"
             log.warning(
-                "%s: the token realm %s is not on %s (or not HTTPS): asking for a token without credentials",
+                "%s: the token realm %s is not on %s (or not HTTPS): asking for a token without "
+                "credentials (--token-realm-host %s would send them)",
                 ref,
                 _short(parts.netloc),
                 ref.registry,
+                _short(parts.hostname or ""),
             )
         use = creds if trusted else None
         params = {"scope": scope}
@@ -763,7 +772,8 @@ class RegistryClient:
                         f"for {ref.registry} from {use.source}"
                     )
                 why = (
-                    " (credentials are only sent to a token service on the registry's own host, over HTTPS)"
+                    " (credentials are only sent to a token service on the registry's own host "
+                    f"or one named with --token-realm-host, over HTTPS{_realm_hint(parts)})"
                     if creds is not None
                     else ""
                 )
@@ -794,18 +804,23 @@ class RegistryClient:
     def _realm_trusted(self, realm: Any, api_host: str) -> bool:
         """Whether Basic credentials may go to this realm: HTTPS on the registry's own host,
         or on a parent domain of it (registry.gitlab.com's realm is gitlab.com: whoever holds
-        a domain holds its subdomains), or Docker Hub's known token host.
+        a domain holds its subdomains), or Docker Hub's known token host, or a host the user
+        named (a self-hosted GitLab's token service on its own host beside the registry's).
 
-        The port does not matter (the host already gets the credentials); a registry named
-        insecure may also take them over HTTP at its own host:port.
+        The port does not matter (the host already gets the credentials) unless the user named
+        one; a registry named insecure may also take them over HTTP at its own host:port.
         """
         host = (realm.hostname or "").lower()
         registry_host = _hostname(api_host)
         if realm.scheme.lower() == "http":
             return self._is_insecure(api_host) and _netloc(realm) == _plain_netloc(api_host)
         parent = "." in host and registry_host.endswith("." + host) and not _is_ip(registry_host)
+        named = _netloc(realm) in self._realm_hosts or _netloc_host(host) in self._realm_hosts
         return (
-            host == registry_host or parent or host in _KNOWN_REALM_HOSTS.get(api_host, frozenset())
+            host == registry_host
+            or parent
+            or named
+            or host in _KNOWN_REALM_HOSTS.get(api_host, frozenset())
         )
 
     def _is_insecure(self, netloc: str) -> bool:
@@ -816,9 +831,11 @@ class RegistryClient:
         with self._lock:
             withheld = self._withheld.get(ref.api_host)
         if creds is not None and withheld is not None:
+            realm = urlsplit(withheld)
             how = (
                 f"anonymously (the credentials from {creds.source} were not sent to the token "
-                f"service {_short(withheld)}: not the registry's host, or not HTTPS)"
+                f"service {_short(realm.netloc)}: not the registry's host, or not HTTPS"
+                f"{_realm_hint(realm)})"
             )
         elif creds is not None:
             how = f"with the credentials from {creds.source}"
@@ -913,6 +930,18 @@ def _netloc(parts: Any) -> str:
         return "\0invalid"
     default = {"http": 80, "https": 443}.get(parts.scheme.lower())
     return host if port is None or port == default else f"{host}:{port}"
+
+
+def _netloc_host(host: str) -> str:
+    """A bare host name or address as _netloc spells it (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _realm_hint(parts: Any) -> str:
+    """How to let a realm have the credentials; nothing for a plain-HTTP one (none may)."""
+    if parts.scheme and parts.scheme.lower() != "https":
+        return ""
+    return f"; --token-realm-host {_short(_netloc_host((parts.hostname or '').lower()))} sends them"
 
 
 def _plain_netloc(value: str) -> str:
