@@ -610,6 +610,112 @@ def test_sigterm_while_a_layer_download_hangs_cleans_up(tmp_path: Path, dest: Pa
     assert snapshot(dest) == {"old": "old\n"}
 
 
+V2_LAYER = layer_tar([LayerFile("v2", b"two\n")])
+
+
+@contextlib.contextmanager
+def stalled_fetch(
+    reg: HostileRegistry, dest: Path, staller: Staller
+) -> Iterator[subprocess.Popen[str]]:
+    """image-fetcher of reg's org/app:v1 into dest, stuck on its second layer's blob (the
+    first applied in staging); killed at the end if the test did not end it."""
+    layers = layers_of(LAYERS)
+    reg.add_image("org/app", "v1", layers)
+    reg.redirect_blob("sha256:" + hashlib.sha256(layers[1]).hexdigest(),
+                      f"http://{staller.host}/blob")  # fmt: skip
+    proc = subprocess.Popen(
+        [STEPKIT, "image-fetcher", f"-image={reg.host}/org/app:v1", f"-dest_dir={dest}",
+         f"-ca-file={reg.ca_file}", f"-insecure-registry={staller.host}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert staller.accepted.wait(30), "the fetcher never reached the stalled blob"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def staging_dirs(dest: Path) -> list[Path]:
+    return sorted(p for p in dest.iterdir() if p.name.startswith(".stepkit-image-"))
+
+
+def test_staging_left_by_a_sigkilled_run_is_removed_by_the_next(tmp_path: Path, dest: Path) -> None:
+    (dest / "old").write_text("old\n")
+    staller = Staller()
+    try:
+        with HostileRegistry(tmp_path / "reg") as reg:
+            with stalled_fetch(reg, dest, staller) as proc:
+                dead = staging_dirs(dest)
+                assert len(dead) == 1 and (dead[0] / "rootfs" / "app" / "a.txt").exists()
+                # SIGKILL: no handler runs, the staging directory stays behind.
+                proc.kill()
+                proc.wait(timeout=30)
+            assert staging_dirs(dest) == dead
+            reg.add_image("org/app", "v2", [V2_LAYER])
+            result = fetch(f"-image={reg.host}/org/app:v2", f"-dest_dir={dest}",
+                           f"-ca-file={reg.ca_file}")  # fmt: skip
+    finally:
+        staller.close()
+    assert result.returncode == 0, result.output
+    assert snapshot(dest) == {"old": "old\n", "v2": "two\n"}
+    assert "left by an earlier run" in result.stderr
+
+
+def test_staging_of_a_live_run_survives_another_run(tmp_path: Path, dest: Path) -> None:
+    staller = Staller()
+    try:
+        with HostileRegistry(tmp_path / "reg") as reg, stalled_fetch(reg, dest, staller) as proc:
+            live = staging_dirs(dest)
+            assert len(live) == 1
+            reg.add_image("org/app", "v2", [V2_LAYER])
+            result = fetch(f"-image={reg.host}/org/app:v2", f"-dest_dir={dest}",
+                           f"-ca-file={reg.ca_file}")  # fmt: skip
+            assert result.returncode == 0, result.output
+            assert proc.poll() is None, "the stalled run died"
+            assert staging_dirs(dest) == live
+            assert (live[0] / "rootfs" / "app" / "a.txt").read_text() == "a1\n"
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+            assert proc.returncode == 130, stderr
+    finally:
+        staller.close()
+    assert snapshot(dest) == {"v2": "two\n"}
+
+
+def test_only_our_own_dead_staging_is_removed(tmp_path: Path, dest: Path) -> None:
+    """Entries that look like staging but are not a dead run's own directory stay as they are."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sentinel").write_text("untouched\n")
+    (dest / ".stepkit-image-linkaway").symlink_to(outside)
+    (dest / ".stepkit-image-afile123").write_text("a file\n")
+    (dest / ".stepkit-image-other-name").mkdir()
+    (dest / ".stepkit-image-other-name" / "x").write_text("x\n")
+    # A lock that is a symlink out of the directory is not followed, nor the directory removed.
+    (dest / ".stepkit-image-lockaway").mkdir()
+    (dest / ".stepkit-image-lockaway" / ".lock").symlink_to(outside / "sentinel")
+    # Without a lock file, nothing shows a directory is a run's staging.
+    (dest / ".stepkit-image-nolock12").mkdir()
+    (dest / ".stepkit-image-nolock12" / "x").write_text("x\n")
+    if os.geteuid() == 0:  # another user's directory can be made only as root
+        foreign = dest / ".stepkit-image-foreign1"
+        foreign.mkdir()
+        for path in (foreign / "x", foreign / ".lock"):
+            path.write_text("x\n")
+            os.chown(path, 65534, 65534)
+        os.chown(foreign, 65534, 65534)
+    before = snapshot(dest)
+    with HostileRegistry(tmp_path / "reg") as reg:
+        reg.add_image("org/app", "v2", [V2_LAYER])
+        result = fetch(f"-image={reg.host}/org/app:v2", f"-dest_dir={dest}",
+                       f"-ca-file={reg.ca_file}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert snapshot(dest) == {**before, "v2": "two\n"}
+    assert snapshot(outside) == {"sentinel": "untouched\n"}
+
+
 @pytest.mark.parametrize(
     ("args", "flag"),
     [
