@@ -732,11 +732,11 @@ class RegistryClient:
                 self._withheld[ref.api_host] = f"{scheme}://{parts.netloc}"
             log.warning(
                 "%s: the token realm %s is not on %s (or not HTTPS): asking for a token without "
-                "credentials (--token-realm-host %s would send them)",
+                "credentials%s",
                 ref,
                 _short(parts.netloc),
                 ref.registry,
-                _short(parts.hostname or ""),
+                f" ({_realm_hint(parts)[2:]})" if _realm_hint(parts) else "",
             )
         use = creds if trusted else None
         params = {"scope": scope}
