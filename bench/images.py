@@ -1,5 +1,6 @@
-"""Image benchmarks: `stepkit nop`'s start-up inside its image against `python -c pass` in the
-same image, and the size the helper images add on top of the Python base."""
+"""Image benchmarks: the start-up of `stepkit nop` and `stepkit creds-init` inside their images
+against `python -c pass` in the same image, and the size the helper images add on top of the
+Python base."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from tests.images import (  # noqa: E402
     DEFAULT_USER,
     POD_HOME,
+    POD_SECRETS,
     buildah,
     command_for,
     emptydir,
@@ -35,6 +37,7 @@ BASE_LABEL = "org.opencontainers.image.base.name"
 IMAGE_PYTHON = "/opt/stepkit/bin/python"
 BENCH_MOUNT = "/opt/stepkit-bench"
 STARTUP_TARGET = 1.25
+CREDS_TARGET = 2.5
 SIZE_TARGET_MB = 30.0
 MB = 1_000_000
 SIZED_IMAGES = ("base", "nop", "creds-init", "git-init", "gcs-fetcher", "image-fetcher")
@@ -47,12 +50,24 @@ TARGET_IMAGES = ("base", "nop", "creds-init", "git-init")
 
 
 def startup_in_image(
-    image: str, *, runs: int, warmup: int, user: str
+    image: str,
+    name: str,
+    target: float,
+    *,
+    runs: int,
+    warmup: int,
+    user: str,
+    args: list[str] | None = None,
+    secrets: Path | None = None,
 ) -> tuple[startup.Result, dict[str, Any]]:
-    """Run bench/spawn.py in one container of image: ABAB pairs, timed inside the container."""
+    """Run bench/spawn.py in one container of image: ABAB pairs, timed inside the container.
+
+    The candidate is the image's entrypoint with args; secrets (a host directory) is mounted
+    read-only where the controller mounts them.
+    """
     baseline = [IMAGE_PYTHON, "-c", "pass"]
-    candidate = command_for(image, [])
-    result = startup.Result("stepkit nop, in its image", STARTUP_TARGET)
+    candidate = command_for(image, args or [])
+    result = startup.Result(name, target)
     args = ["--homes", POD_HOME, "--runs", str(runs), "--warmup", str(warmup)]
     args += ["--baseline", json.dumps(baseline), "--candidate", json.dumps(candidate)]
     report: dict[str, Any] = {"baseline": baseline, "candidate": candidate}
@@ -63,7 +78,7 @@ def startup_in_image(
                 [f"{BENCH_MOUNT}/spawn.py", *args],
                 workspace=emptydir(Path(tmp) / "workspace"),
                 home=emptydir(Path(tmp) / "home"),
-                secrets=None,
+                secrets=secrets,
                 user=user,
                 mounts=[(BENCH_DIR, BENCH_MOUNT, True)],
                 entrypoint=[IMAGE_PYTHON],
@@ -286,22 +301,54 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report["images"] = images
 
-    print(
-        f"  measuring stepkit nop in {images['nop']}: {args.runs} pairs after "
-        f"{args.warmup} warm-up pairs ...",
-        flush=True,
-    )
-    result, inside = startup_in_image(
-        images["nop"], runs=args.runs, warmup=args.warmup, user=args.user
-    )
-    report["startup"] = {
-        **(asdict(result.summary()) if result.candidate else {"name": result.name}),
-        "note": result.note,
-        "error": result.error,
-        **inside,
-    }
+    results: list[startup.Result] = []
+    report["startup"] = []
+    with tempfile.TemporaryDirectory(prefix="stepkit-bench-secrets-") as tmp:
+        # The same ten secrets as bench/startup.py, in the kubelet's layout, mounted where the
+        # Knative controller mounts them: readable by the container's user.
+        (Path(tmp) / "keys").mkdir()
+        creds_args, _ = startup.make_secrets(Path(tmp) / "secrets", Path(tmp) / "keys")
+        creds_args = [POD_SECRETS if a == str(Path(tmp) / "secrets") else a for a in creds_args]
+        for path in [Path(tmp), *Path(tmp).rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        runs = [
+            ("nop", "stepkit nop, in its image", STARTUP_TARGET, [], None),
+            (
+                "creds-init",
+                "creds-init (10 secrets), in image",
+                CREDS_TARGET,
+                creds_args,
+                Path(tmp) / "secrets",
+            ),
+        ]
+        for image, name, target, image_args, secrets in runs:
+            print(
+                f"  measuring {name} ({images[image]}): {args.runs} pairs after "
+                f"{args.warmup} warm-up pairs ...",
+                flush=True,
+            )
+            result, inside = startup_in_image(
+                images[image],
+                name,
+                target,
+                runs=args.runs,
+                warmup=args.warmup,
+                user=args.user,
+                args=image_args,
+                secrets=secrets,
+            )
+            results.append(result)
+            report["startup"].append(
+                {
+                    **(asdict(result.summary()) if result.candidate else {"name": result.name}),
+                    "note": result.note,
+                    "error": result.error,
+                    **inside,
+                }
+            )
     print()
-    print(startup.render([result], " ".join(inside["baseline"]) + " (in the same image)"))
+    print(startup.render(results, f"{IMAGE_PYTHON} -c pass (in the same image)"))
 
     print(flush=True)
     try:

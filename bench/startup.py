@@ -36,6 +36,8 @@ class Bench:
     argv: list[str]
     target: float | None
     note: str = ""
+    # The interpreter of the candidate's own venv, run with `-c pass`.
+    baseline: tuple[str, ...] = ()
     # Checks a finished candidate's HOME; returns what is missing, or "" when all is there.
     check_home: Callable[[Path], str] | None = None
 
@@ -128,11 +130,41 @@ def child_env() -> dict[str, str]:
     }
 
 
-def venv_bin() -> Path:
-    # Run from the venv (make bench does), that venv; otherwise the project's .venv.
-    if sys.prefix != sys.base_prefix:
-        return Path(sys.prefix) / "bin"
-    return ROOT / ".venv" / "bin"
+# pip 25.2 was the first whose console-script wrapper does without `import re` (older ones
+# call re.sub on argv[0]: a few ms of every start-up, before stepkit's code runs). 23.0.1 is
+# what Debian bookworm's `python3 -m venv` puts in a new venv.
+OLD_PIP = "23.0.1"
+
+
+def plain_venv(where: Path, pip: str | None) -> Path:
+    """A venv with `pip install .` of this checkout, not editable, as a user installs it.
+
+    pip is upgraded to the newest release (pip=None) or pinned, since pip writes the console
+    script every start-up runs. The venv is kept between runs; stepkit is reinstalled each time.
+    """
+    python = where / "bin" / "python"
+
+    def quiet(cmd: list[str]) -> None:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+
+    if not python.exists():
+        quiet([sys.executable, "-m", "venv", str(where)])
+    spec = "pip" if pip is None else f"pip=={pip}"
+    pip_cmd = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    quiet([*pip_cmd, "--upgrade", spec])
+    quiet([*pip_cmd, str(ROOT)])
+    quiet([*pip_cmd, "--force-reinstall", "--no-deps", str(ROOT)])
+    return where / "bin"
+
+
+def pip_version(bindir: Path) -> str:
+    out = subprocess.run(
+        [str(bindir / "python"), "-m", "pip", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()[1]
 
 
 def editable_note(bindir: Path) -> str:
@@ -245,6 +277,7 @@ def measure(
     result.error = precheck(bench, env, homes)
     if result.error:
         return result
+    baseline = list(bench.baseline) or baseline
     result.baseline, result.candidate = alternate(
         baseline, bench.argv, env, homes, runs=runs, warmup=warmup
     )
@@ -300,6 +333,12 @@ def render(results: list[Result], baseline: str) -> str:
 def arg_parser(description: str | None) -> argparse.ArgumentParser:
     """--runs, --warmup and --json, the options every start-up benchmark takes."""
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--venv",
+        metavar="DIR",
+        help="measure the stepkit installed in this venv (e.g. .venv) instead of plain installs "
+        "made in .bench/",
+    )
     parser.add_argument("--runs", type=int, default=30, help="measured pairs per benchmark")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured pairs first")
     parser.add_argument("--json", metavar="FILE", help="also write raw samples and medians")
@@ -318,17 +357,24 @@ def parse_args(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    bindir = venv_bin()
-    python, stepkit = str(bindir / "python"), str(bindir / "stepkit")
-    for exe in (python, stepkit):
-        if not os.access(exe, os.X_OK):
-            print(f"error: {exe} is missing; run `make venv` first", file=sys.stderr)
-            return 0
     if shutil.which("ssh-keygen") is None:
         print("error: ssh-keygen is missing (Debian openssh-client)", file=sys.stderr)
         return 0
+    old_bindir: Path | None = None
+    if args.venv:
+        bindir = Path(args.venv).absolute() / "bin"
+    else:
+        print("installing this checkout (pip install ., not editable) into .bench/ venvs ...")
+        bindir = plain_venv(ROOT / ".bench" / "venv-pip-current", None)
+        old_bindir = plain_venv(ROOT / ".bench" / f"venv-pip-{OLD_PIP}", OLD_PIP)
+    python, stepkit = str(bindir / "python"), str(bindir / "stepkit")
+    for exe in (python, stepkit):
+        if not os.access(exe, os.X_OK):
+            print(f"error: {exe} is missing", file=sys.stderr)
+            return 0
     baseline = [python, "-c", "pass"]
     env = child_env()
+    pip = pip_version(bindir)
 
     with tempfile.TemporaryDirectory(prefix="stepkit-bench-") as tmp:
         work = Path(tmp)
@@ -337,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         creds_args, pem_args = make_secrets(work / "secrets", work / "keys")
         homes = Homes(work / "homes")
         benches = [
-            Bench("stepkit nop", [stepkit, "nop"], 1.25),
+            Bench("stepkit nop", [stepkit, "nop"], 1.25, note=f"console script by pip {pip}"),
             Bench(
                 "stepkit creds-init (10 secrets)",
                 [stepkit, "creds-init", *creds_args],
@@ -352,6 +398,17 @@ def main(argv: list[str] | None = None) -> int:
                 check_home=creds_written,
             ),
         ]
+        if old_bindir is not None:
+            benches.append(
+                Bench(
+                    f"stepkit nop, pip {OLD_PIP} script",
+                    [str(old_bindir / "stepkit"), "nop"],
+                    None,
+                    note=f"console script written by pip {OLD_PIP} (imports re); reported, "
+                    "no target",
+                    baseline=(str(old_bindir / "python"), "-c", "pass"),
+                )
+            )
         print(
             f"{args.runs} pairs per benchmark after {args.warmup} warm-up pairs; "
             f"Python {platform.python_version()}, {os.cpu_count()} CPUs",
@@ -371,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {
             "baseline": baseline,
+            "pip": pip,
             "runs": args.runs,
             "warmup": args.warmup,
             "python": platform.python_version(),
