@@ -36,7 +36,9 @@ ArchiveError that names the entry, never renaming or skipping it:
 Files are created with O_CREAT|O_EXCL|O_NOFOLLOW relative to directory descriptors in a
 private staging directory next to the destination, which is renamed into place only
 after the whole archive was read. Modification times are not restored (nor by the
-reference fetcher). zstd is not supported (no zstd in the stdlib).
+reference fetcher). Tar streams may be gzip, bzip2, xz or zstd compressed, read by their
+first bytes; zstd comes from backports.zstd (the stdlib's compression.zstd from Python
+3.14 on), imported only when zstd data is met.
 
 `place()` merges such a tree into a workspace that may already hold files (a git
 checkout with symlinks in it): every directory of the tree must meet a real directory or
@@ -59,6 +61,7 @@ import re
 import shutil
 import stat
 import struct
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -80,6 +83,18 @@ _MIN_RATIO_FLOOR = 1 << 20
 _MAX_EXT_HEADER = 64 << 10
 _MAX_EXT_PER_ENTRY = 4
 _MAX_EXT_TOTAL = 64 << 20
+_ZSTD_FRAME = b"\x28\xb5\x2f\xfd"
+# A zstd frame header names the window its decoder must allocate, up to 2 TiB: 128 MiB is
+# what zstd itself accepts by default (and what `zstd --long` writes).
+_ZSTD_WINDOW_LOG_MAX = 27
+# What reading a decompressed stream raises for bad data; zstd's error joins once loaded.
+_DECODE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,7 @@ class ArchiveError(InputError):
 
 
 def detect(path: Path, *, label: str | None = None) -> str:
-    """Return "zip" or "tar" (plain, gzip, bzip2, xz) from the first bytes, whatever the name says."""
+    """Return "zip" or "tar" (plain, gzip, bzip2, xz, zstd) from the first bytes, whatever the name says."""
     label = label or str(path)
     try:
         with open(path, "rb") as fh:
@@ -112,16 +127,21 @@ def detect(path: Path, *, label: str | None = None) -> str:
         raise InputError(f"cannot read archive {label}: {exc.strerror}") from None
     kind = _kind_of(head)
     if kind is None:
-        if head.startswith(b"\x28\xb5\x2f\xfd"):
-            raise ArchiveError(f"{label}: zstd-compressed archives are not supported")
         raise ArchiveError(f"{label}: not a zip or tar archive")
     return kind
+
+
+def _is_zstd(head: bytes) -> bool:
+    """A zstd frame, or a skippable frame (pzstd and seekable zstd start with one), as containerd reads them."""
+    return head.startswith(_ZSTD_FRAME) or (
+        len(head) >= 8 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"
+    )
 
 
 def _kind_of(head: bytes) -> str | None:
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
-    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or _is_zstd(head):
         return "tar"
     if len(head) == 512 and (head[257:262] == b"ustar" or _checksum_ok(head)):
         return "tar"
@@ -462,7 +482,7 @@ class _Reader:
     def read(self, n: int) -> bytes:
         try:
             data = self.fh.read(n)
-        except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+        except _DECODE_ERRORS as exc:
             raise ArchiveError(
                 f"{self.label}: corrupt or truncated compressed data at byte {self.pos} ({exc})"
             ) from None
@@ -664,9 +684,9 @@ def _tar_entries(stream: io.BufferedIOBase | IO[bytes], tree: _Tree) -> None:
             tree.add_hardlink(entry.name, entry.link)
 
 
-def open_tar_stream(raw: IO[bytes]) -> io.BufferedIOBase | IO[bytes]:
-    """The tar stream inside raw, decompressed as its first bytes say (gzip, bzip2, xz or none)."""
-    head = raw.read(6)
+def open_tar_stream(raw: IO[bytes], *, label: str = "archive") -> io.BufferedIOBase | IO[bytes]:
+    """The tar stream inside raw, decompressed as its first bytes say (gzip, bzip2, xz, zstd or none)."""
+    head = raw.read(8)
     raw.seek(0)
     if head.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=raw, mode="rb")
@@ -674,7 +694,28 @@ def open_tar_stream(raw: IO[bytes]) -> io.BufferedIOBase | IO[bytes]:
         return bz2.BZ2File(raw, mode="rb")
     if head.startswith(b"\xfd7zXZ\x00"):
         return lzma.LZMAFile(raw, mode="rb")
+    if _is_zstd(head):
+        return _zstd_file(raw, label)
     return raw
+
+
+def _zstd_file(raw: IO[bytes], label: str) -> io.BufferedIOBase:
+    """A reader of raw's zstd frames (all of them, skippable ones skipped; truncation is an error)."""
+    global _DECODE_ERRORS
+    try:
+        if sys.version_info >= (3, 14):
+            from compression import zstd
+        else:
+            from backports import zstd
+    except ImportError:
+        raise StepkitError(
+            f"{label}: zstd-compressed data needs the backports.zstd package, which stepkit's "
+            "gcs and oci extras install (pip install 'stepkit[gcs]' or 'stepkit[oci]')"
+        ) from None
+    if zstd.ZstdError not in _DECODE_ERRORS:
+        _DECODE_ERRORS = (*_DECODE_ERRORS, zstd.ZstdError)
+    options: dict[int, int] = {zstd.DecompressionParameter.window_log_max: _ZSTD_WINDOW_LOG_MAX}
+    return zstd.ZstdFile(raw, mode="rb", options=options)
 
 
 # --- zip ------------------------------------------------------------------------------
@@ -870,7 +911,7 @@ def extract(
                 if kind == "zip":
                     _zip_entries(raw, size, tree)
                 else:
-                    with open_tar_stream(raw) as stream:
+                    with open_tar_stream(raw, label=label) as stream:
                         _tar_entries(stream, tree)
             finally:
                 tree.close()

@@ -162,6 +162,25 @@ def gz(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6)
 
 
+def zst(data: bytes) -> bytes:
+    from backports import zstd
+
+    return zstd.compress(data)
+
+
+def zstd_of_zeros_after(prefix: bytes, zero_bytes: int) -> bytes:
+    """One zstd frame of prefix followed by zero_bytes zeros, compressed a MiB at a time."""
+    from backports import zstd
+
+    comp = zstd.ZstdCompressor()
+    out = [comp.compress(prefix)]
+    mib = bytes(1 << 20)
+    count, rest = divmod(zero_bytes, 1 << 20)
+    out += [comp.compress(mib) for _ in range(count)]
+    out.append(comp.compress(bytes(rest), mode=zstd.ZstdCompressor.FLUSH_FRAME))
+    return b"".join(out)
+
+
 def gzip_of_zeros_after(prefix: bytes, zero_bytes: int) -> bytes:
     """A gzip stream of prefix followed by zero_bytes zeros, built without compressing them all.
 

@@ -43,6 +43,7 @@ from tests.peers import (
     OCI_INDEX,
     OCI_LAYER,
     OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     Registry,
     _HttpPeer,
@@ -61,6 +62,14 @@ MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 REF_NAME = "org.opencontainers.image.ref.name"
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_SKIPPABLE = b"\x50\x2a\x4d\x18"  # the frame pzstd puts first
+
+
+def _is_zstd(layer: bytes) -> bool:
+    return layer.startswith((_ZSTD_MAGIC, _ZSTD_SKIPPABLE))
+
+
 _ENTRY_TYPES = ("file", "dir", "symlink", "hardlink", "whiteout", "opaque")
 
 
@@ -145,7 +154,11 @@ def layer_tar(entries: Sequence[LayerFile], *, gzip: bool = True) -> bytes:
 
 
 def uncompressed(layer: bytes) -> bytes:
-    """The tar inside a layer blob (gzip is recognised by its magic bytes)."""
+    """The tar inside a layer blob (gzip and zstd are recognised by their magic bytes)."""
+    if _is_zstd(layer):
+        from backports import zstd
+
+        return zstd.decompress(layer)
     return gzip_module.decompress(layer) if layer.startswith(_GZIP_MAGIC) else layer
 
 
@@ -189,7 +202,9 @@ def _write_image(
     layer_descs = []
     for layer in layers:
         gz = layer.startswith(_GZIP_MAGIC)
-        if media == "oci":
+        if media == "oci" and _is_zstd(layer):
+            media_type = OCI_LAYER_ZSTD  # Docker's schema 2 has no zstd type
+        elif media == "oci":
             media_type = OCI_LAYER_GZIP if gz else OCI_LAYER
         else:
             media_type = DOCKER_LAYER_GZIP if gz else DOCKER_LAYER
@@ -245,8 +260,8 @@ def write_layout(
 ) -> str:
     """Write one image into the OCI layout `layout` as `tag`; return its manifest digest.
 
-    Layers are stored as given; each one's media type says gzip or plain tar by its magic
-    bytes. `media="docker"` writes Docker schema 2 media types instead of OCI ones.
+    Layers are stored as given; each one's media type says gzip, zstd (OCI only) or plain
+    tar by its magic bytes. `media="docker"` writes Docker schema 2 media types instead of OCI ones.
     """
     manifest, media_type = _write_image(layout, layers, platform, media)
     _tag(layout, tag, {"mediaType": media_type, **_put_blob(layout, manifest)})

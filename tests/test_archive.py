@@ -9,6 +9,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -41,6 +42,8 @@ from tests.archives import (
     tar_header,
     tar_member,
     zip_bytes,
+    zst,
+    zstd_of_zeros_after,
 )
 
 
@@ -702,7 +705,7 @@ def test_adv41_not_an_archive(box: Box) -> None:
         (b"", "not a zip or tar"),
     ):
         refused(box, data, None, why=why)
-    refused(box, b"\x28\xb5\x2f\xfd" + bytes(100), None, why="zstd")
+    refused(box, b"\x28\xb5\x2f\xfd" + bytes(100), None, why="corrupt or truncated")
     refused(box, gz(b"hello world\n" * 100), None, why="not a tar archive")
 
 
@@ -719,6 +722,106 @@ def test_adv41_valid_oddities_accepted(box: Box) -> None:
     stats = extract(box.archive(data), box.dest)
     assert stats == ExtractStats(files=2, dirs=2, symlinks=0, bytes=3)
     assert (box.dest / ("d" * 150)).is_dir()
+
+
+# --- zstd: the same limits and checks as gzip ---------------------------------------------------
+
+
+def test_adv40_zstd_bomb_stream_aborts_at_header(box: Box) -> None:
+    # 64 MiB of zeros is a few KiB of zstd; the header admits 10 GiB: refused before writing.
+    data = zstd_of_zeros_after(tar_header(b"zeros", size=10 << 30), 64 << 20)
+    assert len(data) < 10_000
+    err = refused(box, data, "zeros", why="times its size")
+    assert "compression bomb" in err.args[0]
+
+
+def test_adv40_zstd_zero_stream_aborts_at_ratio(box: Box) -> None:
+    entries: list[Entry] = [File(f"f{i:02}", bytes(1 << 20)) for i in range(64)]
+    data = zst(tar_bytes(entries, compress=""))
+    cap = max(1 << 20, int(250 * len(data)))
+    assert cap < 64 << 20
+    refused(box, data, f"f{cap // (1 << 20):02}", why="times its size")
+
+
+def test_adv41_truncated_and_corrupt_zstd(box: Box) -> None:
+    data = zst(tar_bytes([File(f"f{i}", os.urandom(20_000)) for i in range(10)], compress=""))
+    refused(box, data[: len(data) // 2], None, why="corrupt or truncated compressed data")
+    # A frame whose only block has the reserved block type.
+    refused(box, b"\x28\xb5\x2f\xfd\x00\x00\x07\x00\x00", None, why="corrupt or truncated")
+
+
+def test_adv40_zstd_frame_asking_for_a_huge_window_is_refused(box: Box) -> None:
+    # A frame header may ask for a window of up to 2 TiB, which the decoder would allocate:
+    # one asking for 1 GiB (window log 30) is refused, like zstd's own 128 MiB default.
+    frame = b"\x28\xb5\x2f\xfd\x00" + bytes([20 << 3])
+    block = tar_member(b"f", b"x") + tar_end()
+    data = frame + (1 | len(block) << 3).to_bytes(3, "little") + block
+    err = refused(box, data, None, why="corrupt or truncated compressed data")
+    assert "memory" in str(err), str(err)
+    # The same frame asking for 128 MiB is read.
+    ok = b"\x28\xb5\x2f\xfd\x00" + bytes([17 << 3]) + data[6:]
+    extract(box.archive(ok), box.dest)
+    assert (box.dest / "f").read_bytes() == b"x"
+
+
+def test_zstd_concatenated_frames(box: Box) -> None:
+    tar = tar_bytes([File("a", os.urandom(3000)), File("b", b"bee")], compress="")
+    extract(box.archive(zst(tar[:1000]) + zst(tar[1000:])), box.dest)
+    assert (box.dest / "b").read_bytes() == b"bee"
+    # pzstd -1 cuts its input into frames of about 2 MiB, each behind a skippable frame.
+    src = box.root / "big"
+    src.mkdir()
+    (src / "random").write_bytes(os.urandom(6 << 20))
+    archive = box.root / "in" / "big.tzst"
+    subprocess.run(
+        ["sh", "-c", f"tar -cf - -C {src} random | pzstd -q -1 -p 2 -c > {archive}"], check=True
+    )
+    assert archive.read_bytes().count(b"\x50\x2a\x4d\x18") > 1
+    out = box.root / "out"
+    extract(archive, out)
+    assert (out / "random").read_bytes() == (src / "random").read_bytes()
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def test_zstd_library_is_imported_only_for_zstd_data(box: Box) -> None:
+    tgz = box.archive(tar_bytes([File("f", b"x")]), "a.tgz")
+    tzst = box.archive(zst(tar_bytes([File("f", b"x")], compress="")), "a.tzst")
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom stepkit.archive import extract\n"
+        f"extract(Path({str(tgz)!r}), Path({str(box.root / 'one')!r}))\n"
+        "assert not [m for m in sys.modules if 'zstd' in m], 'imported for gzip'\n"
+        f"extract(Path({str(tzst)!r}), Path({str(box.root / 'two')!r}))\n"
+        "assert [m for m in sys.modules if 'zstd' in m]\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert (box.root / "two" / "f").read_bytes() == b"x"
+
+
+def test_zstd_library_missing_is_a_clear_error(box: Box) -> None:
+    tzst = box.archive(zst(tar_bytes([File("f", b"x")], compress="")), "a.tzst")
+    # No installation here lacks the package, so its absence is simulated: a None entry in
+    # sys.modules makes the import fail as a missing package does.
+    code = (
+        "import sys\nsys.modules['backports.zstd'] = None\nsys.modules['compression.zstd'] = None\n"
+        "from pathlib import Path\nfrom stepkit.archive import extract\n"
+        "from stepkit.errors import StepkitError\n"
+        "try:\n"
+        f"    extract(Path({str(tzst)!r}), Path({str(box.dest)!r}), label='gs://b/a.tzst')\n"
+        "except StepkitError as exc:\n"
+        "    print(exc.exit_code, exc)\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("1 gs://b/a.tzst: "), proc.stdout
+    assert "backports.zstd" in proc.stdout and "stepkit[gcs]" in proc.stdout
+    assert not os.path.lexists(box.dest)
+    assert sorted(os.listdir(box.root / "work")) == ["sentinel"]
 
 
 # --- ADVERSARIAL 44: .git --------------------------------------------------------------------
@@ -836,10 +939,13 @@ def _describe(root: Path) -> dict[str, tuple[str, object, int]]:
             "dangling",
             "deep",
         ],
+        ["tar", "--zstd", "-cf", "{a}", "-C", "{s}", "."],
+        # pzstd puts a skippable frame (holding the frame's size) before each frame.
+        ["sh", "-c", "tar -cf - -C {s} . | pzstd -q -p 2 -c > {a}"],
         ["zip", "-qry", "{a}", "."],
         ["zip", "-qry0", "{a}", "."],
     ],
-    ids=["tgz", "txz", "tbz2", "pax", "zip", "zip-stored"],
+    ids=["tgz", "txz", "tbz2", "pax", "tzst", "pzstd", "zip", "zip-stored"],
 )
 def test_roundtrip_source_tree(tmp_path: Path, command: list[str]) -> None:
     src = tmp_path / "src"
@@ -902,6 +1008,7 @@ def test_detect_by_content(tmp_path: Path) -> None:
         (tar_bytes([File("a")], compress=""), "tar"),
         (tar_bytes([File("a")], compress="xz"), "tar"),
         (tar_bytes([File("a")], compress="bz2"), "tar"),
+        (zst(tar_bytes([File("a")], compress="")), "tar"),
         (tar_bytes([File("a")], compress="", fmt=tarfile.USTAR_FORMAT), "tar"),
     ):
         path = tmp_path / "archive.zip"

@@ -13,6 +13,7 @@ import pytest
 from stepkit import gcsmanifest
 from stepkit.errors import InputError
 from stepkit.gcs import Location
+from tests.archives import File, tar_bytes, tar_header, zst, zstd_of_zeros_after
 from tests.conftest import run_stepkit
 from tests.gcspeers import FakeGcs
 from tests.test_gcsfetcher import fetch, make_zip, sha1hex, stat_value, tree
@@ -227,6 +228,29 @@ def test_zip_slip_from_gcs_exits_2_and_leaves_dest_unchanged(
     result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/slip.zip",
                    f"-dest_dir={dest}")  # fmt: skip
     assert result.returncode == 2, result.output
+    assert stat_value(result.stdout, "Status") == "FAILURE"
+    assert tree(dest) == {"keep": "mine\n"}
+    outside_unchanged(outside, dest)
+
+
+@pytest.mark.parametrize("kind", ["traversal", "bomb"])
+def test_hostile_tar_zst_exits_2_and_leaves_dest_unchanged(
+    gcs: FakeGcs, bucket: str, dest: Path, outside: Path, kind: str
+) -> None:
+    (dest / "keep").write_text("mine\n")
+    if kind == "traversal":
+        data = zst(
+            tar_bytes([File("good.txt", b"fine"), File("../../sentinel", b"PWNED")], compress="")
+        )
+        why = "'..'"
+    else:
+        data = zstd_of_zeros_after(tar_header(b"zeros", size=10 << 30), 64 << 20)
+        why = "compression bomb"
+    gcs.put(bucket, "src.tar.zst", data)
+    result = fetch(gcs.env, "-type=TarGzArchive", f"-location=gs://{bucket}/src.tar.zst",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 2, result.output
+    assert why in result.stderr
     assert stat_value(result.stdout, "Status") == "FAILURE"
     assert tree(dest) == {"keep": "mine\n"}
     outside_unchanged(outside, dest)

@@ -177,6 +177,34 @@ def test_targz_archive_older_generation_while_a_newer_exists(
     assert tree(latest) == {"version.txt": "two\n"}
 
 
+def test_tar_zst_archive_with_the_tar_type(
+    gcs: FakeGcs, bucket: str, dest: Path, tmp_path: Path
+) -> None:
+    # What `tar --zstd` writes: TarGzArchive reads any tar, the compression told by its bytes.
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "main.py").write_text("print(1)\n")
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o755)
+    (src / "link").symlink_to("pkg/main.py")
+    archive = tmp_path / "src.tar.zst"
+    subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(src), "."], check=True)
+    assert archive.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    gcs.put(bucket, "src.tar.zst", archive.read_bytes())
+    result = fetch(gcs.env, "-type=TarGzArchive", f"-location=gs://{bucket}/src.tar.zst",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert tree(dest) == {
+        "link": "-> pkg/main.py",
+        "pkg": "dir",
+        "pkg/main.py": "print(1)\n",
+        "run.sh": "#!/bin/sh\n",
+    }
+    assert os.access(dest / "run.sh", os.X_OK)
+    assert stat_value(result.stdout, "Status") == "SUCCESS"
+    assert_no_staging(dest)
+
+
 def test_archive_type_is_zip_and_deprecated(gcs: FakeGcs, bucket: str, dest: Path) -> None:
     gcs.put(bucket, "a.zip", make_zip({"f": b"x"}))
     env = {
@@ -599,6 +627,8 @@ def test_help_lists_every_flag() -> None:
                  "--keep_source", "--staging_folder", "--verbose", "--allowed-buckets",
                  "--allow-git", "--timeout", "STEPKIT_GCS_LOCATION"):  # fmt: skip
         assert flag in result.stdout
+    # Which compressions TarGzArchive reads is said where the type is chosen.
+    assert "zstd" in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from tests.ocipeers import (
     write_index_layout,
     write_layout,
 )
-from tests.peers import Registry
+from tests.peers import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Registry
 
 USER = "puller"
 PASSWORD = 'reg-p@ss:"word"é'
@@ -128,6 +129,16 @@ def layers_of(groups: Sequence[Sequence[LayerFile]], *, gzip: bool = True) -> li
     return [layer_tar(list(group), gzip=gzip) for group in groups]
 
 
+def zstd_layers(groups: Sequence[Sequence[LayerFile]]) -> list[bytes]:
+    """Layers as `zstd` and `pzstd` compress them (pzstd's start with a skippable frame), gzip first."""
+    tars = [layer_tar(list(group), gzip=False) for group in groups]
+    tools = [["zstd", "-q", "-c", "-19"], ["pzstd", "-q", "-c", "-p", "2"]]
+    out = [layer_tar(list(groups[0]))]
+    for tar, argv in zip(tars[1:], itertools.cycle(tools), strict=False):
+        out.append(subprocess.run(argv, input=tar, capture_output=True, check=True).stdout)
+    return out
+
+
 def platform_manifest(layout: Path, index_digest: str, platform: str) -> str:
     """The digest of the manifest an OCI layout's index lists for platform ("linux/arm64/v8")."""
     blob = layout / "blobs" / "sha256" / index_digest.split(":", 1)[1]
@@ -167,6 +178,14 @@ def images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict
     layout = work / "plain"
     write_layout(layout, "v1", layers_of(LAYERS, gzip=False))
     pushed["plain"] = push(layout, "v1", registry, "team/plain", username=USER, password=PASSWORD)
+    # zstd layers, as podman and buildah push them with --compression-format zstd.
+    layout = work / "zstd"
+    manifest = write_layout(layout, "v1", zstd_layers(LAYERS))
+    blob = json.loads((layout / "blobs" / "sha256" / manifest.split(":")[1]).read_bytes())
+    assert [layer["mediaType"] for layer in blob["layers"]] == [OCI_LAYER_GZIP] + [
+        OCI_LAYER_ZSTD
+    ] * 2
+    pushed["zstd"] = push(layout, "v1", registry, "team/zstd", username=USER, password=PASSWORD)
     layout = work / "multi"
     index = write_index_layout(layout, "v1", {
         "linux/amd64": [layer_tar([LayerFile("arch", b"amd64\n")])],
@@ -258,7 +277,7 @@ def test_path_of_a_directory_a_file_and_through_an_image_symlink(
     assert not missing.exists()
 
 
-@pytest.mark.parametrize("media", ["docker", "plain"])
+@pytest.mark.parametrize("media", ["docker", "plain", "zstd"])
 def test_docker_media_types_and_uncompressed_layers_by_digest(
     registry: Registry, images: dict[str, str], secrets: Secrets, dest: Path, media: str
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.archives import zst
 from tests.conftest import Run, Secrets, assert_no_leak, run_stepkit
 from tests.hostile_registry import (
     DOCKER_LAYER_GZIP,
@@ -23,6 +24,7 @@ from tests.hostile_registry import (
     sha256,
 )
 from tests.ocipeers import LayerFile, layer_tar
+from tests.peers import OCI_LAYER_ZSTD
 from tests.test_imagefetcher import error_line, login, snapshot
 
 USER = "puller"
@@ -133,6 +135,23 @@ def test_adv45_blob_longer_than_descriptor_size(scene: Scene, chunked: bool) -> 
     assert result.returncode == FAILED, result.output
     one_line_naming(result, digest)
     scene.assert_untouched()
+
+
+def test_adv45_zstd_layer_digest_is_of_the_compressed_blob(scene: Scene) -> None:
+    layer = zst(layer_tar([LayerFile("etc/conf", b"zstd conf\n")], gzip=False))
+    desc = {"mediaType": OCI_LAYER_ZSTD, "digest": scene.reg.add_blob(layer), "size": len(layer)}
+    scene.reg.add_manifest("org/app", "zstd", manifest_for(scene.reg, [desc]))
+    result = scene.fetch("org/app:zstd")
+    assert result.returncode == 0, result.output
+    assert snapshot(scene.dest)["etc/conf"] == "zstd conf\n"
+    # Same length, one byte changed: refused on the digest, before any decompression.
+    fetched = snapshot(scene.dest)
+    scene.reg.add_blob(layer, serve=layer[:-9] + bytes([layer[-9] ^ 1]) + layer[-8:])
+    result = scene.fetch("org/app:zstd")
+    assert result.returncode == FAILED, result.output
+    one_line_naming(result, str(desc["digest"]))
+    assert snapshot(scene.dest) == fetched
+    scene.assert_outside_untouched()
 
 
 def test_adv45_manifest_bytes_differ_from_the_digest_asked_for(scene: Scene) -> None:

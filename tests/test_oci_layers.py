@@ -21,11 +21,13 @@ from stepkit.archive import ArchiveError, Limits
 from stepkit.errors import EXIT_USAGE, InputError, StepkitError
 from stepkit.oci.layers import LayerStats, RootFs
 from stepkit.validate import shown
-from tests.archives import tar_end, tar_header
+from tests.archives import tar_end, tar_header, zst, zstd_of_zeros_after
 
 OCI_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 DOCKER_GZ = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_ZSTD_ND = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,53 @@ def test_gzip_docker_media_type_and_magic_fallback(box: Box) -> None:
         path, media_type="application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", label="l3"
     )
     assert sorted(os.listdir(box.root)) == ["a", "b", "c"]
+
+
+def test_zstd_layers_by_media_type_and_by_magic(box: Box) -> None:
+    fs = RootFs(box.root)
+    raw = box.base / "in" / "zl"
+    big = os.urandom(300_000)
+    for n, (data, media) in enumerate(
+        [
+            (zst(layer_bytes([F("a", b"1"), F("d/big", big)], compress=False)), OCI_ZSTD),
+            (zst(layer_bytes([F("b", b"2"), W("d/.wh.big")], compress=False)), OCI_ZSTD_ND),
+            # As containerd: the first bytes decide, whatever compression the type names.
+            (zst(layer_bytes([F("c", b"3")], compress=False)), OCI_GZ),
+        ]
+    ):
+        raw.write_bytes(data)
+        fs.apply(raw, media_type=media, label=f"l{n}")
+    assert tree(box.root) == {
+        "a": ("f644", b"1"),
+        "b": ("f644", b"2"),
+        "c": ("f644", b"3"),
+        "d": ("d755", ""),
+    }
+
+
+def test_zstd_bomb_truncation_and_corruption_refused(box: Box) -> None:
+    raw = box.base / "in" / "zl"
+    raw.write_bytes(zstd_of_zeros_after(tar_header(b"zeros", size=10 << 30), 64 << 20))
+    with pytest.raises(ArchiveError, match="entry 'zeros': the layer expands to more than 250"):
+        RootFs(box.root).apply(raw, media_type=OCI_ZSTD, label="l1")
+    whole = zst(layer_bytes([F("a", os.urandom(50_000))], compress=False))
+    raw.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ArchiveError, match="l1: corrupt or truncated compressed data"):
+        RootFs(box.root).apply(raw, media_type=OCI_ZSTD, label="l1")
+    raw.write_bytes(b"\x28\xb5\x2f\xfd\x00\x00\x07\x00\x00")
+    with pytest.raises(ArchiveError, match="l1: corrupt or truncated compressed data"):
+        RootFs(box.root).apply(raw, media_type=OCI_ZSTD, label="l1")
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_whiteout_data_counts_against_the_cap(box: Box, compress: str) -> None:
+    # A whiteout's data is read and dropped: 64 MiB of zeros there is still a bomb.
+    body = tar_header(b".wh.x", size=64 << 20) + bytes(64 << 20) + tar_end()
+    data = gzip.compress(body, compresslevel=9) if compress == "gzip" else zst(body)
+    raw = box.base / "in" / "wl"
+    raw.write_bytes(data)
+    with pytest.raises(ArchiveError, match=r"entry '\.wh\.x': the layer expands to more than"):
+        RootFs(box.root).apply(raw, media_type=OCI_GZ, label="l1")
 
 
 def test_dot_slash_and_long_names(box: Box) -> None:
@@ -690,11 +739,8 @@ def test_not_a_layer_refused(box: Box) -> None:
     fs = RootFs(box.root)
     path = box.base / "in" / "junk"
     path.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(600))
-    with pytest.raises(ArchiveError, match="l1: zstd-compressed layers are not supported"):
+    with pytest.raises(ArchiveError, match="l1: corrupt or truncated compressed data"):
         fs.apply(path, media_type=OCI_GZ, label="l1")
-    fs = RootFs(box.root)
-    with pytest.raises(ArchiveError, match="zstd"):
-        fs.apply(path, media_type="application/vnd.oci.image.layer.v1.tar+zstd", label="l1")
     path.write_bytes(os.urandom(2048))
     with pytest.raises(ArchiveError, match="not a tar archive"):
         RootFs(box.root).apply(path, media_type=OCI_TAR, label="l1")

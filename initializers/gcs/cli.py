@@ -27,7 +27,10 @@ from stepkit.clickutil import (
 -type ZipArchive or TarGzArchive downloads one archive and extracts it safely (nothing
 outside the destination, no device files, no setuid, limits against bombs); -type
 Manifest downloads every object a JSON manifest names, in parallel, checking each against
-its sha1sum and applying its mode. Every object is fetched at the generation asked for
+its sha1sum and applying its mode. TarGzArchive reads any tar: uncompressed, or compressed
+with gzip, bzip2, xz or zstd (.tar.zst), told by the archive's first bytes rather than its
+name, so no further type name is needed and Builds written for the reference keep working.
+Every object is fetched at the generation asked for
 (#GENERATION) and its bytes are checked against GCS's crc32c/md5. Everything lands in the
 staging folder first and is moved into place only when complete, so the destination shows
 the whole result or nothing new; the staging folder is removed on every exit unless
@@ -42,7 +45,8 @@ STORAGE_EMULATOR_HOST points at an emulator. Exit codes: 0 done, 1 failed, 2 bad
     envvar="STEPKIT_GCS_TYPE",
     required=True,
     metavar="TYPE",
-    help="ZipArchive, TarGzArchive or Manifest (Archive: deprecated name of ZipArchive).",
+    help="ZipArchive, TarGzArchive (a tar: plain, gzip, bzip2, xz or zstd) or Manifest "
+    "(Archive: deprecated name of ZipArchive).",
 )
 @go_option(
     "location",
