@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import stat
 import struct
+import subprocess
 import tarfile
 import time
 import warnings
@@ -13,6 +15,9 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,67 @@ def tar_header(
     block[148:156] = b" " * 8
     block[148:156] = b"%06o\0 " % sum(block)
     return bytes(block)
+
+
+def gnu_sparse_member(
+    name: bytes, regions: Sequence[tuple[int, int]], realsize: int, data: bytes
+) -> bytes:
+    """An old-format GNU sparse entry ('S', as `tar --sparse` writes), for maps no tool writes."""
+
+    def entry(offset: int, length: int) -> bytes:
+        return b"%011o\0%011o\0" % (offset, length)
+
+    head = bytearray(tar_header(name, size=len(data), typeflag=b"S"))
+    head[257:265] = b"ustar  \0"
+    first, rest = regions[:4], regions[4:]
+    head[386 : 386 + 24 * len(first)] = b"".join(entry(o, n) for o, n in first)
+    head[482] = 1 if rest else 0
+    head[483:495] = b"%011o\0" % realsize
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    out = bytes(head)
+    while rest:
+        chunk, rest = rest[:21], rest[21:]
+        ext = bytearray(512)
+        ext[: 24 * len(chunk)] = b"".join(entry(o, n) for o, n in chunk)
+        ext[504] = 1 if rest else 0
+        out += bytes(ext)
+    return out + data + bytes(-len(data) % 512)
+
+
+def pax_sparse_member(
+    version: str, name: bytes, regions: Sequence[tuple[int, int]], realsize: int, data: bytes
+) -> bytes:
+    """A GNU pax sparse entry (0.0, 0.1 or 1.0, as `tar --format=posix --sparse-version`)."""
+    records = []
+    body = data
+    stand_in = b"GNUSparseFile.1/" + name
+    if version == "0.0":
+        records += [pax_record("GNU.sparse.size", b"%d" % realsize)]
+        records += [pax_record("GNU.sparse.numblocks", b"%d" % len(regions))]
+        for offset, length in regions:
+            records += [pax_record("GNU.sparse.offset", b"%d" % offset)]
+            records += [pax_record("GNU.sparse.numbytes", b"%d" % length)]
+        stand_in = name
+    elif version == "0.1":
+        flat = b",".join(b"%d,%d" % r for r in regions)
+        records += [
+            pax_record("GNU.sparse.size", b"%d" % realsize),
+            pax_record("GNU.sparse.numblocks", b"%d" % len(regions)),
+            pax_record("GNU.sparse.name", name),
+            pax_record("GNU.sparse.map", flat),
+        ]
+    else:
+        records += [
+            pax_record("GNU.sparse.major", b"1"),
+            pax_record("GNU.sparse.minor", b"0"),
+            pax_record("GNU.sparse.name", name),
+            pax_record("GNU.sparse.realsize", b"%d" % realsize),
+        ]
+        text = b"%d\n" % len(regions) + b"".join(b"%d\n%d\n" % r for r in regions)
+        body = text + bytes(-len(text) % 512) + data
+    pax = b"".join(records)
+    return tar_member(b"PaxHeader", pax, typeflag=b"x") + tar_member(stand_in, body)
 
 
 def tar_member(name: bytes, data: bytes = b"", **kw: object) -> bytes:
@@ -266,3 +332,34 @@ def nested_zip(depth: int, payload: int) -> bytes:
     for i in range(depth):
         data = zip_bytes([File(f"layer{i}.zip", data)])
     return data
+
+
+# --- sparse files, as GNU tar writes them -------------------------------------------------
+
+
+def sparse_source(root: Path) -> Path:
+    """A 3 MiB file holding two runs of data in holes, and a hole at its end."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "sparse.img"
+    with open(path, "wb") as fh:
+        fh.seek(100_000)
+        fh.write(b"A" * 5000)
+        fh.seek(1 << 20)
+        fh.write(os.urandom(3000))
+        fh.truncate(3 << 20)
+    return path
+
+
+SPARSE_FORMATS = [
+    pytest.param(["--format=gnu"], id="gnu-old"),
+    pytest.param(["--format=posix", "--sparse-version=0.0"], id="pax-0.0"),
+    pytest.param(["--format=posix", "--sparse-version=0.1"], id="pax-0.1"),
+    pytest.param(["--format=posix", "--sparse-version=1.0"], id="pax-1.0"),
+]
+
+
+def gnu_sparse_tar(src: Path, archive: Path, options: list[str]) -> None:
+    """`tar --sparse OPTIONS` of src (by its name, from its directory) into archive."""
+    subprocess.run(
+        ["tar", "--sparse", *options, "-cf", str(archive), src.name], cwd=src.parent, check=True
+    )

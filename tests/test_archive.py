@@ -26,17 +26,22 @@ from stepkit.archive import ArchiveError, ExtractStats, Limits, detect, extract,
 from stepkit.errors import EXIT_USAGE, InputError
 from stepkit.validate import shown
 from tests.archives import (
+    SPARSE_FORMATS,
     Dir,
     Entry,
     File,
     Hard,
     Special,
     Sym,
+    gnu_sparse_member,
+    gnu_sparse_tar,
     gz,
     gzip_of_zeros_after,
     nested_zip,
     pax_record,
+    pax_sparse_member,
     quoted_overlap_zip,
+    sparse_source,
     tar_bytes,
     tar_end,
     tar_header,
@@ -370,7 +375,8 @@ def test_adv36_python_zipfile_would_write_through(box: Box) -> None:
     [
         ([Hard("h", "/etc/shadow")], "h", "absolute hard link target"),
         ([Hard("h", "../outside/shadow")], "h", "'..' in hard link target"),
-        ([File("f", b"x"), Hard("f", "f")], "f", "appears twice"),
+        ([Hard("f", "f")], "f", "not an earlier regular file"),
+        ([File("f", b"x"), Hard("f", "./f"), File("f", b"pwned")], "f", "appears twice"),
         ([Hard("h", "later"), File("later", b"x")], "h", "not an earlier regular file"),
         ([Dir("d"), Hard("h", "d")], "h", "not an earlier regular file"),
         ([File("f", b"x"), Sym("s", "f"), Hard("h", "s")], "h", "not an earlier regular file"),
@@ -655,7 +661,11 @@ def _pax(records: bytes, name: bytes = b"././@PaxHeader") -> bytes:
             "corrupt tar header",
             id="data-longer-than-size",
         ),
-        pytest.param(tar_header(b"s", typeflag=b"S") + tar_end(), "sparse", id="gnu-sparse"),
+        pytest.param(
+            gnu_sparse_member(b"s", [(0, 10)], 5, bytes(10)) + tar_end(),
+            "past the file's size",
+            id="gnu-sparse-region-past-size",
+        ),
         pytest.param(
             _pax(pax_record("GNU.sparse.major", b"1")) + tar_member(b"f") + tar_end(),
             "sparse",
@@ -674,9 +684,9 @@ def _pax(records: bytes, name: bytes = b"././@PaxHeader") -> bytes:
             id="pax-path",
         ),
         pytest.param(
-            tar_header(b"d/", typeflag=b"5", size=10) + bytes(512) + tar_end(),
+            _pax(pax_record("size", b"10")) + tar_header(b"d/", typeflag=b"5") + bytes(512),
             "directory with data",
-            id="dir-with-data",
+            id="dir-with-pax-size",
         ),
         pytest.param(
             tar_header(b"l", typeflag=b"2", linkname=b"x", size=3) + bytes(512) + tar_end(),
@@ -722,6 +732,300 @@ def test_adv41_valid_oddities_accepted(box: Box) -> None:
     stats = extract(box.archive(data), box.dest)
     assert stats == ExtractStats(files=2, dirs=2, symlinks=0, bytes=3)
     assert (box.dest / ("d" * 150)).is_dir()
+
+
+# --- tar as GNU tar, bsdtar and Go read it, or refused where they disagree ---------------------
+
+
+def _gnu_tar_names(path: Path) -> list[str]:
+    """What GNU tar lists: the oracle for what the other readers agree on."""
+    out = subprocess.run(["tar", "-tf", str(path)], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def _long(name: bytes, typeflag: bytes = b"L") -> bytes:
+    return tar_member(b"././@LongLink", name + b"\0", typeflag=typeflag)
+
+
+@pytest.mark.parametrize(
+    ("headers", "name"),
+    [
+        pytest.param(
+            _pax(pax_record("path", b"first")) + _pax(pax_record("path", b"second")),
+            "second",
+            id="two-pax-paths",
+        ),
+        pytest.param(
+            _pax(pax_record("path", b"first")) + _pax(pax_record("mtime", b"1")),
+            "hdr",
+            id="second-pax-drops-first",
+        ),
+        pytest.param(_long(b"first") + _long(b"second"), "second", id="two-long-names"),
+        pytest.param(
+            tar_member(b"g", pax_record("comment", b"c"), typeflag=b"g")
+            + _pax(pax_record("path", b"xp")),
+            "xp",
+            id="global-then-pax",
+        ),
+    ],
+)
+def test_consecutive_extended_headers_last_one_wins(box: Box, headers: bytes, name: str) -> None:
+    data = headers + tar_member(b"hdr", b"data") + tar_end()
+    archive = box.archive(data)
+    assert _gnu_tar_names(archive) == [name]
+    extract(archive, box.dest)
+    assert os.listdir(box.dest) == [name]
+    assert (box.dest / name).read_bytes() == b"data"
+
+
+@pytest.mark.parametrize(
+    ("data", "entry", "why"),
+    [
+        pytest.param(
+            _long(b"longname") + _pax(pax_record("path", b"paxname")) + tar_member(b"hdr", b"x"),
+            "hdr",
+            "GNU long name 'longname' and a pax path",
+            id="long-name-then-pax-path",
+        ),
+        pytest.param(
+            _pax(pax_record("path", b"paxname")) + _long(b"longname") + tar_member(b"hdr", b"x"),
+            "hdr",
+            "GNU long name 'longname' and a pax path",
+            id="pax-path-then-long-name",
+        ),
+        pytest.param(
+            _long(b"klink", b"K")
+            + _pax(pax_record("linkpath", b"paxlink"))
+            + tar_header(b"hdr", typeflag=b"2", linkname=b"x"),
+            "hdr",
+            "GNU long link 'klink' and a pax linkpath",
+            id="long-link-and-pax-linkpath",
+        ),
+        pytest.param(
+            _pax(pax_record("path", b"xp"))
+            + tar_member(b"g", pax_record("comment", b"c"), typeflag=b"g")
+            + tar_member(b"hdr", b"x"),
+            "g",
+            "global pax header between an extended header and its entry",
+            id="pax-then-global",
+        ),
+        pytest.param(
+            _pax(pax_record("path", b"")) + tar_member(b"hdr", b"x"),
+            "hdr",
+            "empty pax path",
+            id="empty",
+        ),
+    ],
+)
+def test_extended_headers_readers_disagree_on_are_refused(
+    box: Box, data: bytes, entry: str, why: str
+) -> None:
+    refused(box, data + tar_end(), entry, why=why)
+    refused(box, gz(data + tar_end()), entry, why=why)
+
+
+def test_hard_link_to_itself_from_gnu_tar_is_a_no_op(box: Box) -> None:
+    src = box.root / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"once\n")
+    archive = box.root / "in" / "twice.tar"
+    # `$(find d)` names d/f twice: once below d, once itself. GNU tar stores the second as a
+    # hard link to itself.
+    subprocess.run(["tar", "cf", str(archive), "d", "d/f"], cwd=src, check=True)
+    listing = subprocess.run(
+        ["tar", "tvf", str(archive)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "d/f link to d/f" in listing
+    stats = extract(archive, box.dest)
+    assert stats == ExtractStats(files=1, dirs=1, symlinks=0, bytes=5)
+    assert (box.dest / "d" / "f").read_bytes() == b"once\n"
+    assert (box.dest / "d" / "f").stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("size", [10, 512, 8**11 - 1])
+def test_directory_size_field_is_ignored(box: Box, size: int) -> None:
+    # No tool writes one, but POSIX calls it an allocation hint: no data follows.
+    data = tar_header(b"d/", typeflag=b"5", size=size) + tar_member(b"d/f", b"x") + tar_end()
+    archive = box.archive(data)
+    assert _gnu_tar_names(archive) == ["d/", "d/f"]
+    stats = extract(archive, box.dest)
+    assert stats == ExtractStats(files=1, dirs=1, symlinks=0, bytes=1)
+
+
+def test_hard_link_size_field_is_ignored(box: Box) -> None:
+    # Some old writers put the linked file's size there; no reader takes data after it.
+    data = (
+        tar_member(b"f", b"abc")
+        + tar_header(b"h", typeflag=b"1", linkname=b"f", size=3)
+        + tar_member(b"g", b"x")
+        + tar_end()
+    )
+    archive = box.archive(data)
+    assert _gnu_tar_names(archive) == ["f", "h", "g"]
+    extract(archive, box.dest)
+    assert (box.dest / "h").read_bytes() == b"abc"
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        # GNU tar reads data after these; Go and bsdtar do not.
+        (tar_header(b"l", typeflag=b"2", linkname=b"f", size=512), "link with data"),
+        (tar_header(b"a/", typeflag=b"\0", size=512), "directory with data"),
+        (_pax(pax_record("size", b"512")) + tar_header(b"h", typeflag=b"1", linkname=b"f"), "link"),
+        (tar_header(b"label", typeflag=b"V", size=512), "volume label with data"),
+    ],
+)
+def test_header_only_entries_with_disputed_data_are_refused(
+    box: Box, header: bytes, why: str
+) -> None:
+    data = tar_member(b"f", b"x") + header + tar_member(b"after", b"y" * 10) + tar_end()
+    refused(box, data, None, why=why)
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_gnu_volume_label_is_skipped(box: Box, fmt: str) -> None:
+    src = box.root / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("f\n")
+    archive = box.root / "in" / "labelled.tar"
+    subprocess.run(
+        ["tar", f"--format={fmt}", "-V", "Label 1", "-cf", str(archive), "sub"], cwd=src, check=True
+    )
+    assert b"Label 1" in archive.read_bytes()
+    stats = extract(archive, box.dest)
+    assert stats == ExtractStats(files=1, dirs=1, symlinks=0, bytes=2)
+    assert sorted(os.listdir(box.dest)) == ["sub"]
+
+
+def test_gnu_incremental_directories_are_directories(box: Box) -> None:
+    src = box.root / "src"
+    (src / "top" / "sub").mkdir(parents=True)
+    (src / "top" / "a").write_text("a\n")
+    (src / "top" / "sub" / "b").write_text("b\n")
+    archive = box.root / "in" / "level0.tar"
+    snapshot = box.root / "snapshot"
+    subprocess.run(["tar", "-g", str(snapshot), "-cf", str(archive), "top"], cwd=src, check=True)
+    # typeflag D, with the directory's listing (the dumpdir) as data
+    assert archive.read_bytes()[156:157] == b"D"
+    stats = extract(archive, box.dest)
+    assert stats == ExtractStats(files=2, dirs=2, symlinks=0, bytes=4)
+    assert (box.dest / "top" / "sub" / "b").read_text() == "b\n"
+
+
+def test_gnu_incremental_listing_counts_against_the_extended_header_budget(box: Box) -> None:
+    data = tar_header(b"d/", typeflag=b"D", size=70 << 20) + bytes(70 << 20) + tar_end()
+    refused(box, gz(data), "d/", why="incremental directory listing")
+
+
+# --- sparse files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", SPARSE_FORMATS)
+def test_sparse_files_from_gnu_tar_keep_their_holes(box: Box, options: list[str]) -> None:
+    src = sparse_source(box.root / "src")
+    archive = box.root / "in" / "sparse.tar"
+    gnu_sparse_tar(src, archive, options)
+    assert archive.stat().st_size < 100_000
+    stats = extract(archive, box.dest)
+    out = box.dest / "sparse.img"
+    assert out.read_bytes() == src.read_bytes()
+    assert stats.bytes == 3 << 20
+    # Written as a sparse file: far fewer blocks than its size.
+    assert out.stat().st_blocks * 512 < 1 << 20
+    assert os.listdir(box.dest) == ["sparse.img"]
+
+
+@pytest.mark.parametrize("version", ["gnu", "0.0", "0.1", "1.0"])
+@pytest.mark.parametrize(
+    ("regions", "realsize", "stored", "why"),
+    [
+        ([(0, 10), (5, 10)], 100, 20, "out of order or overlapping"),
+        ([(50, 10), (0, 10)], 100, 20, "out of order or overlapping"),
+        ([(95, 10)], 100, 10, "past the file's size"),
+        ([(0, 10)], 100, 20, "describes 10 bytes of data but the entry holds 20"),
+        ([(0, 30)], 100, 20, "describes 30 bytes of data but the entry holds 20"),
+    ],
+)
+def test_hostile_sparse_maps_are_refused(
+    box: Box,
+    version: str,
+    regions: list[tuple[int, int]],
+    realsize: int,
+    stored: int,
+    why: str,
+) -> None:
+    if version == "gnu":
+        member = gnu_sparse_member(b"s", regions, realsize, b"d" * stored)
+    else:
+        member = pax_sparse_member(version, b"s", regions, realsize, b"d" * stored)
+    refused(box, member + tar_end(), "s", why=why)
+
+
+@pytest.mark.parametrize(
+    ("records", "why"),
+    [
+        (
+            [("GNU.sparse.size", b"100"), ("GNU.sparse.numblocks", b"1"),
+             ("GNU.sparse.offset", b"-5"), ("GNU.sparse.numbytes", b"5")],
+            "bad sparse map number",
+        ),
+        (
+            [("GNU.sparse.size", b"100"), ("GNU.sparse.numblocks", b"2"),
+             ("GNU.sparse.offset", b"0"), ("GNU.sparse.offset", b"10"),
+             ("GNU.sparse.numbytes", b"5"), ("GNU.sparse.numbytes", b"5")],
+            "do not alternate",
+        ),
+        (
+            [("GNU.sparse.size", b"100"), ("GNU.sparse.numblocks", b"2"),
+             ("GNU.sparse.map", b"0,5")],
+            "does not hold the 2 regions",
+        ),
+        ([("GNU.sparse.major", b"2"), ("GNU.sparse.minor", b"0")], "unknown GNU sparse format"),
+        ([("GNU.sparse.map", b"0,5")], "without its size"),
+    ],
+)  # fmt: skip
+def test_malformed_pax_sparse_headers_are_refused(
+    box: Box, records: list[tuple[str, bytes]], why: str
+) -> None:
+    pax = b"".join(pax_record(k, v) for k, v in records)
+    data = _pax(pax) + tar_member(b"s", b"d" * 5) + tar_end()
+    refused(box, data, "s", why=why)
+
+
+def test_sparse_headers_on_a_symlink_and_negative_old_gnu_offsets_are_refused(box: Box) -> None:
+    data = (
+        _pax(pax_record("GNU.sparse.size", b"5") + pax_record("GNU.sparse.map", b"0,5"))
+        + tar_header(b"s", typeflag=b"2", linkname=b"x")
+        + tar_end()
+    )
+    refused(box, data, "s", why="not a regular file")
+    member = bytearray(gnu_sparse_member(b"s", [(0, 5)], 100, b"d" * 5))
+    member[386:398] = b"\xff" * 12  # a base-256 negative offset
+    member[148:156] = b" " * 8
+    member[148:156] = b"%06o\0 " % sum(member[:512])
+    refused(box, bytes(member) + tar_end(), "s", why="negative")
+
+
+def test_sparse_full_size_counts_against_the_limits(box: Box) -> None:
+    # A few bytes of data, 10 GiB of holes: the holes are what a disk fills up with.
+    size = (10 << 30) + 1
+    member = pax_sparse_member("1.0", b"s", [(size, 0)], size, b"")
+    refused(box, member + tar_end(), "s", why=f"more than {10 * 1024**3} bytes",
+            limits=Limits(max_ratio=1e12))  # fmt: skip
+    refused(box, gz(member + tar_end()), "s", why="times its size")
+
+
+def test_old_gnu_sparse_map_with_extension_blocks(box: Box) -> None:
+    # 30 regions: 4 in the header, the rest in two extension blocks.
+    regions = [(i * 1000, 10) for i in range(30)]
+    data = bytes(range(256)) * 2
+    member = gnu_sparse_member(b"s", regions, 40_000, data[:300])
+    extract(box.archive(member + tar_end()), box.dest)
+    out = (box.dest / "s").read_bytes()
+    assert len(out) == 40_000
+    assert out[:10] == data[:10] and out[29_000:29_010] == data[290:300]
+    assert out[10:1000] == bytes(990)
 
 
 # --- zstd: the same limits and checks as gzip ---------------------------------------------------

@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import stat
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -21,7 +22,19 @@ from stepkit.archive import ArchiveError, Limits
 from stepkit.errors import EXIT_USAGE, InputError, StepkitError
 from stepkit.oci.layers import LayerStats, RootFs
 from stepkit.validate import shown
-from tests.archives import tar_end, tar_header, zst, zstd_of_zeros_after
+from tests.archives import (
+    SPARSE_FORMATS,
+    gnu_sparse_member,
+    gnu_sparse_tar,
+    pax_record,
+    pax_sparse_member,
+    sparse_source,
+    tar_end,
+    tar_header,
+    tar_member,
+    zst,
+    zstd_of_zeros_after,
+)
 
 OCI_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -714,7 +727,7 @@ def test_root_must_be_an_empty_directory(box: Box) -> None:
         ([H("h", "/etc/shadow")], "h", "absolute hard link target"),
         ([H("h", "missing")], "h", "not an earlier file"),
         ([D("d"), H("h", "d")], "h", "not an earlier file"),
-        ([F("a"), H("a", "a")], "a", "which it would replace"),
+        ([F("a/b"), H("a", "a/b")], "a", "which it would replace"),
         ([F("x\x1by")], "x\x1by", "control character"),
         ([L("l", "a\nb")], "l", "control character in symlink target"),
         ([F("f"), F("f/x")], "f/x", "'f' is a file in the image"),
@@ -766,6 +779,131 @@ def test_limits_hold_for_the_whole_image(box: Box) -> None:
 def test_compression_bomb_refused(box: Box) -> None:
     fs = RootFs(box.root, limits=Limits(max_ratio=10))
     refused(fs, box, [F("zeros", bytes(8 << 20))], "zeros", "compression bomb")
+
+
+# --- tar as other readers read it (the same parser as stepkit.archive) ------------------------
+
+
+def apply_raw(fs: RootFs, box: Box, data: bytes, media: str = OCI_TAR) -> LayerStats:
+    box.count += 1
+    path = box.base / "in" / f"raw{box.count}"
+    path.write_bytes(data)
+    return fs.apply(path, media_type=media, label=f"layer {box.count}")
+
+
+def gnu_tar(box: Box, *args: str, cwd: Path) -> bytes:
+    """What GNU tar writes for args (the archive is the output)."""
+    out = box.base / "in" / "gnu.tar"
+    subprocess.run(["tar", *args, "-cf", str(out), "."], cwd=cwd, check=True)
+    return out.read_bytes()
+
+
+def _pax_member(*records: tuple[str, bytes], typeflag: bytes = b"x") -> bytes:
+    return tar_member(b"PaxHeader", b"".join(pax_record(k, v) for k, v in records),
+                      typeflag=typeflag)  # fmt: skip
+
+
+def test_layer_tar_oddities_read_as_every_reader_does(box: Box) -> None:
+    fs = RootFs(box.root)
+    apply(fs, box, [F("d/f", b"lower")])
+    data = (
+        # Two pax headers: only the second applies (it names no path: the header's does).
+        _pax_member(("path", b"first"))
+        + _pax_member(("mtime", b"1"))
+        + tar_member(b"hdr", b"x")
+        # Size fields on a directory and on a hard link: no data follows either.
+        + tar_header(b"dir/", typeflag=b"5", size=512)
+        + tar_header(b"dir/h", typeflag=b"1", linkname=b"hdr", size=1)
+        # A hard link to itself, as GNU tar stores a file listed twice: nothing changes.
+        + tar_header(b"d/f", typeflag=b"1", linkname=b"d/f")
+        + tar_end()
+    )
+    apply_raw(fs, box, data)
+    assert tree(box.root) == {
+        "d": ("d755", ""),
+        "d/f": ("f644", b"lower"),
+        "dir": ("d755", ""),
+        "dir/h": ("f644", b"x"),
+        "hdr": ("f644", b"x"),
+    }
+
+
+def test_layer_from_gnu_tar_with_label_incremental_dirs_and_a_file_listed_twice(box: Box) -> None:
+    src = box.base / "src"
+    (src / "top" / "sub").mkdir(parents=True)
+    (src / "top" / "a").write_text("a\n")
+    (src / "top" / "sub" / "b").write_text("b\n")
+    fs = RootFs(box.root)
+    labelled = gnu_tar(box, "-V", "Label", cwd=src)
+    assert labelled[156:157] == b"V"
+    apply_raw(fs, box, labelled)
+    incremental = gnu_tar(box, "-g", str(box.base / "snapshot"), cwd=src)
+    assert b"D" in incremental[156:157]
+    apply_raw(fs, box, incremental)
+    out = box.base / "in" / "twice.tar"
+    subprocess.run(["tar", "cf", str(out), "top/a", "top/a"], cwd=src, check=True)
+    apply_raw(fs, box, out.read_bytes())
+    assert tree(box.root) == {
+        "top": ("d755", ""),
+        "top/a": ("f644", b"a\n"),
+        "top/sub": ("d755", ""),
+        "top/sub/b": ("f644", b"b\n"),
+    }
+    assert (box.root / "top" / "a").stat().st_nlink == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (
+            tar_member(b"././@LongLink", b"long\0", typeflag=b"L")
+            + _pax_member(("path", b"pax"))
+            + tar_member(b"hdr", b"x"),
+            "a GNU long name 'long' and a pax path",
+        ),
+        (
+            _pax_member(("path", b"p"))
+            + _pax_member(("comment", b"c"), typeflag=b"g")
+            + tar_member(b"hdr", b"x"),
+            "a global pax header between an extended header and its entry",
+        ),
+        (_pax_member(("size", b"512")) + tar_header(b"d/", typeflag=b"5"), "directory with data"),
+        (tar_header(b"l", typeflag=b"2", linkname=b"x", size=512), "link with data"),
+        (tar_header(b"label", typeflag=b"V", size=512), "volume label with data"),
+    ],
+)
+def test_layer_tar_that_readers_disagree_on_is_refused(box: Box, data: bytes, why: str) -> None:
+    with pytest.raises(ArchiveError, match=why):
+        apply_raw(RootFs(box.root), box, data + tar_end())
+    assert tree(box.root) == {}
+
+
+@pytest.mark.parametrize("options", SPARSE_FORMATS)
+def test_sparse_files_in_layers_keep_their_holes(box: Box, options: list[str]) -> None:
+    src = sparse_source(box.base / "src")
+    archive = box.base / "in" / "sparse.tar"
+    gnu_sparse_tar(src, archive, options)
+    # Uncompressed: a sparse file's full size counts against the expansion ratio, and the
+    # holes of this one would be over 250 times a gzip of it.
+    stats = apply_raw(RootFs(box.root), box, archive.read_bytes())
+    out = box.root / "sparse.img"
+    assert out.read_bytes() == src.read_bytes()
+    assert stats.bytes == 3 << 20
+    assert out.stat().st_blocks * 512 < 1 << 20
+
+
+def test_hostile_sparse_maps_in_layers_are_refused(box: Box) -> None:
+    overlapping = gnu_sparse_member(b"s", [(0, 10), (5, 10)], 100, bytes(20))
+    with pytest.raises(ArchiveError, match="entry 's': sparse map with regions out of order"):
+        apply_raw(RootFs(box.root), box, overlapping + tar_end())
+    extra = pax_sparse_member("1.0", b"s", [(0, 10)], 100, bytes(20))
+    with pytest.raises(ArchiveError, match="describes 10 bytes of data but the entry holds 20"):
+        apply_raw(RootFs(box.root), box, extra + tar_end())
+    # The full size counts: 3 GiB of holes in a 2 GiB image.
+    holes = pax_sparse_member("0.1", b"s", [(3 << 30, 0)], 3 << 30, b"")
+    fs = RootFs(box.root, limits=Limits(max_bytes=2 << 30, max_ratio=1e12))
+    with pytest.raises(ArchiveError, match=f"entry 's': the image holds more than {2 << 30}"):
+        apply_raw(fs, box, holes + tar_end())
 
 
 # --- property: nothing outside the root, whatever the layers ------------------------------
@@ -845,7 +983,11 @@ def _reference(state: Ref, entries: Sequence[E]) -> bool:
             continue
         if e.kind == "hardlink":
             target = tuple(e.target.split("/"))
-            if target not in state or state[target][0] == "d" or target[: len(parts)] == parts:
+            if target not in state or state[target][0] == "d":
+                return False
+            if target == parts:
+                continue  # a hard link to itself (GNU tar's file listed twice) changes nothing
+            if target[: len(parts)] == parts:
                 return False
         if not parents(parts):
             return False

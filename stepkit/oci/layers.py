@@ -29,7 +29,9 @@ Rules (ADVERSARIAL.md items 50 and 51, and the archive rules of stepkit.archive)
   layer reaches the host (`app -> /`, then `app/etc/passwd`). A layer that means to replace
   the link lists the directory first (`app/`), which replaces it.
 - Hard links name an earlier regular file (or symlink, linked as such) of this or a lower
-  layer, by a path without symlinks in it.
+  layer, by a path without symlinks in it; one naming itself (GNU tar's way of storing a
+  file listed twice) changes nothing.
+- Sparse files (GNU tar's formats) are written with their holes; their full size counts.
 - Limits hold for the whole image: entries, bytes written, and per layer the expansion
   ratio over the layer's size.
 
@@ -69,6 +71,7 @@ from stepkit.archive import (
     open_tar_stream,
     place,
     split_name,
+    write_data,
 )
 from stepkit.errors import InputError, StepkitError
 from stepkit.validate import has_control, shown
@@ -420,16 +423,14 @@ class _LayerWork:
         try:
             if self.fs._chmod:
                 os.fchmod(ffd, perm)
-            left = entry.size
-            read = entry.read
-            while left:
-                data = read(min(left, CHUNK))
-                if not data:
-                    raise entry.fail("data ends early (truncated layer)")
-                left -= len(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(ffd, view) :]
+            write_data(
+                ffd,
+                entry.size,
+                entry.read,
+                entry.fail,
+                sparse=entry.sparse,
+                truncated="truncated layer",
+            )
         finally:
             os.close(ffd)
         self.bytes += entry.size
@@ -451,6 +452,9 @@ class _LayerWork:
             raise entry.fail(
                 f"hard link to {shown(entry.link)}, which is not an earlier file of the image"
             )
+        if tparts == parts:
+            # GNU tar stores a file it is given twice as a hard link to itself: a no-op.
+            return
         if tparts[: len(parts)] == parts:
             raise entry.fail(f"hard link to {shown(entry.link)}, which it would replace")
         parent, pfd = self.parent(entry, parts[:-1])
