@@ -123,17 +123,28 @@ class ArchiveError(InputError):
 
 
 def detect(path: Path, *, label: str | None = None) -> str:
-    """Return "zip" or "tar" (plain, gzip, bzip2, xz, zstd) from the first bytes, whatever the name says."""
+    """Return "zip" or "tar" (plain, gzip, bzip2, xz, zstd) from the content, whatever the name says.
+
+    A valid tar header (or the zero block of an empty tar) wins over a zip directory at
+    the end: a tar whose last member is a zip ends like a zip, and is the tar it says
+    first. A zip is found by its end of central directory, so one behind a self-extracting
+    stub is a zip too.
+    """
     label = label or str(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(512)
+            if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or _is_zstd(head):
+                return "tar"
+            if len(head) == 512 and (head == _ZERO_BLOCK or _checksum_ok(head)):
+                return "tar"
+            if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or zipfile.is_zipfile(fh):
+                return "zip"
     except OSError as exc:
         raise InputError(f"cannot read archive {label}: {exc.strerror}") from None
-    kind = _kind_of(head)
-    if kind is None:
-        raise ArchiveError(f"{label}: not a zip or tar archive")
-    return kind
+    if len(head) == 512 and head[257:262] == b"ustar":
+        return "tar"  # a damaged header: reading it says where
+    raise ArchiveError(f"{label}: not a zip or tar archive")
 
 
 def _is_zstd(head: bytes) -> bool:
@@ -141,16 +152,6 @@ def _is_zstd(head: bytes) -> bool:
     return head.startswith(_ZSTD_FRAME) or (
         len(head) >= 8 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"
     )
-
-
-def _kind_of(head: bytes) -> str | None:
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "zip"
-    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or _is_zstd(head):
-        return "tar"
-    if len(head) == 512 and (head[257:262] == b"ustar" or _checksum_ok(head)):
-        return "tar"
-    return None
 
 
 # --- entry names (shared with stepkit.oci.layers) -------------------------------------
@@ -1013,6 +1014,19 @@ def _zip_entries(raw: BinaryIO, size: int, tree: _Tree) -> None:
     label = tree.label
     try:
         zf = zipfile.ZipFile(raw)
+    except NotImplementedError as exc:
+        # zipfile refuses the whole archive for one entry's "version needed to extract"
+        # above what it knows: find that entry to name it.
+        entry = _zip_entry_needing(raw, size, _ZIP_MAX_VERSION)
+        if entry is None:
+            raise ArchiveError(f"{label}: not supported ({exc})") from None
+        name, version = entry
+        raise entry_error(
+            label,
+            name,
+            f"needs zip version {version // 10}.{version % 10} to extract; "
+            f"this extractor reads up to {_ZIP_MAX_VERSION // 10}.{_ZIP_MAX_VERSION % 10}",
+        ) from None
     except (zipfile.BadZipFile, OSError, ValueError, struct.error, EOFError) as exc:
         raise ArchiveError(f"{label}: not a valid zip archive ({exc})") from None
     with zf:
@@ -1044,6 +1058,40 @@ def _zip_entries(raw: BinaryIO, size: int, tree: _Tree) -> None:
                     tree.add_file(name, unix, info.file_size, _zip_reader(member, name, tree))
             else:
                 raise tree.fail(name, "only files, directories and symlinks are allowed")
+
+
+_ZIP_MAX_VERSION: int = getattr(zipfile, "MAX_EXTRACT_VERSION", 63)
+_EOCD = struct.Struct("<4s4H2LH")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+
+
+def _zip_entry_needing(raw: BinaryIO, size: int, limit: int) -> tuple[str, int] | None:
+    """The first central directory entry whose version needed to extract is above limit."""
+    tail_at = max(0, size - (1 << 16) - _EOCD.size)
+    tail = os.pread(raw.fileno(), size - tail_at, tail_at)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _EOCD.size > len(tail):
+        return None
+    *_, cd_size, cd_offset, _comment = _EOCD.unpack_from(tail, at)
+    start = tail_at + at - cd_size  # where the directory is, stub or not
+    if start < 0 or cd_offset == 0xFFFFFFFF:
+        return None
+    directory = os.pread(raw.fileno(), cd_size, start)
+    pos = 0
+    while pos + _CENTRAL.size <= len(directory):
+        record = _CENTRAL.unpack_from(directory, pos)
+        if record[0] != b"PK\x01\x02":
+            return None
+        flags, name_len, extra_len, comment_len = record[5], record[12], record[13], record[14]
+        raw_name = directory[pos + _CENTRAL.size : pos + _CENTRAL.size + name_len]
+        if record[3] > limit:
+            try:
+                name = raw_name.decode("utf-8")
+            except UnicodeDecodeError:
+                name = raw_name.decode("cp437") if not flags & 0x800 else repr(raw_name)
+            return name, record[3]
+        pos += _CENTRAL.size + name_len + extra_len + comment_len
+    return None
 
 
 def _zip_name(info: zipfile.ZipInfo) -> str:

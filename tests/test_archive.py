@@ -918,6 +918,52 @@ def test_gnu_incremental_listing_counts_against_the_extended_header_budget(box: 
     refused(box, gz(data), "d/", why="incremental directory listing")
 
 
+def test_detect_empty_tar_and_zip_behind_a_stub(box: Box) -> None:
+    empty = box.root / "in" / "empty.tar"
+    subprocess.run(["tar", "cf", str(empty), "-T", "/dev/null"], check=True)
+    assert set(empty.read_bytes()) == {0}
+    assert detect(empty) == "tar"
+    stats = extract(empty, box.dest)
+    assert stats == ExtractStats(files=0, dirs=0, symlinks=0, bytes=0)
+    assert os.listdir(box.dest) == []
+
+    src = box.root / "zsrc"
+    src.mkdir()
+    (src / "hello.txt").write_text("hello\n")
+    plain = box.root / "in" / "plain.zip"
+    subprocess.run(["zip", "-q", str(plain), "hello.txt"], cwd=src, check=True)
+    stub = Path("/bin/true").read_bytes()
+    sfx = box.root / "in" / "sfx.zip"
+    sfx.write_bytes(stub + plain.read_bytes())
+    adjusted = box.root / "in" / "adjusted.zip"
+    adjusted.write_bytes(sfx.read_bytes())
+    # zip -A rewrites the offsets to count from the start of the file, as SFX tools do.
+    subprocess.run(["zip", "-q", "-A", str(adjusted)], check=True)
+    for n, path in enumerate((sfx, adjusted)):
+        assert detect(path) == "zip"
+        extract(path, box.root / f"out{n}")
+        assert (box.root / f"out{n}" / "hello.txt").read_text() == "hello\n"
+
+
+def test_detect_prefers_tar_over_a_zip_inside_it(box: Box) -> None:
+    # A tar whose last member is a zip ends with the zip's end-of-central-directory record:
+    # it is read as the tar it is.
+    inner = zip_bytes([File("zipped", b"z")])
+    path = box.archive(tar_bytes([File("outer", b"o"), File("x.zip", inner)], compress=""))
+    assert zipfile.is_zipfile(path)
+    assert detect(path) == "tar"
+    extract(path, box.dest)
+    assert sorted(os.listdir(box.dest)) == ["outer", "x.zip"]
+
+
+def test_zip_version_needed_too_high_is_bad_input(box: Box) -> None:
+    data = bytearray(zip_bytes([File("ok", b"1"), File("new/format.bin", b"2")]))
+    cd = data.rindex(b"PK\x01\x02")  # the second entry's central directory record
+    data[cd + 6 : cd + 8] = (64).to_bytes(2, "little")  # version needed to extract: 6.4
+    err = refused(box, bytes(data), "new/format.bin", why="version 6.4")
+    assert "6.3" in str(err)
+
+
 # --- sparse files ---------------------------------------------------------------------------
 
 

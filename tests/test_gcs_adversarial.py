@@ -256,6 +256,30 @@ def test_hostile_tar_zst_exits_2_and_leaves_dest_unchanged(
     outside_unchanged(outside, dest)
 
 
+def test_zip_needing_a_newer_version_exits_2_naming_the_entry(
+    gcs: FakeGcs, bucket: str, dest: Path
+) -> None:
+    data = bytearray(make_zip({"ok": b"1", "new/format.bin": b"2"}))
+    cd = data.rindex(b"PK\x01\x02")
+    data[cd + 6 : cd + 8] = (64).to_bytes(2, "little")  # version needed to extract: 6.4
+    gcs.put(bucket, "new.zip", bytes(data))
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/new.zip",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 2, result.output
+    assert "Traceback" not in result.output
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert "entry 'new/format.bin'" in last and "6.4" in last, last
+    assert tree(dest) == {}
+
+
+def test_self_extracting_zip_is_a_zip(gcs: FakeGcs, bucket: str, dest: Path) -> None:
+    gcs.put(bucket, "sfx.zip", Path("/bin/true").read_bytes() + make_zip({"f": b"x"}))
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/sfx.zip",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert tree(dest) == {"f": "x"}
+
+
 def test_archive_with_git_dir_needs_allow_git(gcs: FakeGcs, bucket: str, dest: Path) -> None:
     data = make_zip({".git/config": b"[core]\n\tfsmonitor = touch PWNED\n", "f": b"x"})
     gcs.put(bucket, "git.zip", data)
