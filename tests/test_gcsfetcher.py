@@ -205,6 +205,31 @@ def test_tar_zst_archive_with_the_tar_type(
     assert_no_staging(dest)
 
 
+def test_gnu_tar_label_incremental_sparse_and_twice_listed_file(
+    gcs: FakeGcs, bucket: str, dest: Path, tmp_path: Path
+) -> None:
+    # One GNU tar run writes a volume label, incremental directories (D) with dumpdirs, a
+    # sparse file (S) and, for d/f named twice, a hard link to itself: all read as GNU tar.
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("hi\n")
+    with open(src / "d" / "sparse", "wb") as fh:
+        fh.seek(300_000)
+        fh.write(b"x" * 10)
+        fh.truncate(600_000)
+    archive = tmp_path / "a.tgz"
+    subprocess.run(["tar", "-C", str(src), "-g", str(tmp_path / "snap"), "-V", "Label",
+                    "--sparse", "-czf", str(archive), "d", "d/f"], check=True)  # fmt: skip
+    gcs.put(bucket, "a.tgz", archive.read_bytes())
+    result = fetch(gcs.env, "-type=TarGzArchive", f"-location=gs://{bucket}/a.tgz",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert sorted(tree(dest)) == ["d", "d/f", "d/sparse"]
+    assert (dest / "d" / "f").read_text() == "hi\n"
+    assert (dest / "d" / "sparse").read_bytes() == (src / "d" / "sparse").read_bytes()
+    assert (dest / "d" / "sparse").stat().st_blocks * 512 < 300_000
+
+
 def test_archive_type_is_zip_and_deprecated(gcs: FakeGcs, bucket: str, dest: Path) -> None:
     gcs.put(bucket, "a.zip", make_zip({"f": b"x"}))
     env = {
