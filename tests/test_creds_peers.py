@@ -342,3 +342,44 @@ def test_docker_client_and_registry_accept_the_written_auths(
         )
         assert inspect.returncode == 0, inspect.stderr
         assert json.loads(inspect.stdout)["Digest"].startswith("sha256:")
+
+
+@pytest.mark.parametrize("scope", ["host", "repository"])
+def test_a_refused_fetch_leaves_the_credential_for_later_steps(
+    tmp_path: Path, repos: Path, secrets: Secrets, scope: str
+) -> None:
+    """git tells its helpers to erase a credential the server answered 401 to; git's own
+    `store` helper then deletes the line, and every later step of the build goes without.
+    What creds-init wrote must survive a refusal: a repository the token cannot read, or a
+    server that refuses for a moment."""
+    home = Path(os.environ["HOME"])
+    secrets.add("token", {"username": "bot", "password": "token-of-the-bot"})
+    if scope == "host":
+        # The token reads every repository of the host but one.
+        creds = {"": ("bot", "token-of-the-bot"), "org/repo-c.git": ("other", "another-token")}
+        flag, store, refused, readable = "", ".git-credentials", "org/repo-c.git", "repo.git"
+    else:
+        creds = {"org/repo-a.git": ("bot", "token-of-the-bot")}
+        flag, store = "/org/repo-a", ".git-credentials-repos"
+        refused = readable = "org/repo-a.git"
+    with GitHttpServer(repos, creds) as server:
+        res = run_stepkit(
+            "creds-init", f"-basic-git=token={server.url}{flag}", "--secrets-dir", str(secrets.root)
+        )
+        assert res.returncode == 0, res.stderr
+        written = (home / store).read_text()
+        assert "token-of-the-bot" in written
+        if scope == "repository":
+            server.credentials["org/repo-a.git"] = ("bot", "revoked-for-a-moment")
+        denied = git("clone", "-q", server.url_for(refused), str(tmp_path / "denied"))
+        assert denied.returncode != 0
+        assert "Authentication failed" in denied.stderr
+        assert "bot" in {user for _, user in server.auth_log}, "the token was never offered"
+        assert (home / store).read_text() == written
+        if scope == "repository":
+            server.credentials["org/repo-a.git"] = ("bot", "token-of-the-bot")
+        clone = git("clone", "-q", server.url_for(readable), str(tmp_path / "out"))
+        assert clone.returncode == 0, clone.stderr
+        assert (tmp_path / "out" / "README.md").exists()
+        assert (home / store).read_text() == written
+        assert_no_leak(denied.stderr + clone.stdout + clone.stderr, secrets.values)

@@ -573,11 +573,9 @@ def test_http_authentication_failed_is_not_retried(
 ) -> None:
     if creds == "wrong-password":
         secrets.add("git-basic", {"username": USER, "password": "not-the-password"})
+        creds_init_http(secrets, world.http.url)
     counts = []
     for retries in ("0", "3"):
-        if creds == "wrong-password":
-            # git's store helper erases a credential the server rejected: write it again.
-            creds_init_http(secrets, world.http.url)
         since = len(world.http.request_log)
         res = git_init(
             tmp_path, world.http.url_for("rich.git"), "--allow-http", f"--retries={retries}"
@@ -590,6 +588,34 @@ def test_http_authentication_failed_is_not_retried(
     assert counts[0] == counts[1] > 0
     assert all(r.status == 401 for r in world.http.request_log[-counts[1] :])
     assert not (tmp_path / "workspace" / "src").exists()
+
+
+def test_a_refused_fetch_leaves_the_credential_for_the_steps_after(
+    tmp_path: Path, world: World, secrets: Secrets
+) -> None:
+    """A 401 makes git tell every credential helper to erase what it offered; creds-init's
+    credential must stay for the next fetch, and git-init must not erase it either."""
+    http_creds(secrets, world.http.url)
+    store = Path(os.environ["HOME"]) / ".git-credentials"
+    written = store.read_text()
+    url = world.http.url_for("rich.git")
+    since = len(world.http.auth_log)
+    world.http.credentials["rich.git"] = ("someone-else", "a-token-we-lack")
+    try:
+        res = git_init(tmp_path, url, "--allow-http", "--retries=2")
+    finally:
+        del world.http.credentials["rich.git"]
+    assert res.returncode == 3, res.stderr
+    assert "authentication failed" in error_line(res)
+    assert "retrying" not in res.stderr
+    # Offered once, refused once: no retry, no second helper asked.
+    assert world.http.auth_log[since:] == [("rich.git", USER)]
+    assert store.read_text() == written
+    res = git_init(tmp_path, url, "--allow-http", "-revision=feature/x")
+    assert res.returncode == 0, res.stderr
+    assert_checkout(tmp_path / "workspace" / "src", world, world.refs["feature/x"], "feature/x")
+    assert store.read_text() == written
+    assert_no_leak(res.output, secrets.values)
 
 
 def test_ssh_key_not_authorized(tmp_path: Path, world: World, secrets: Secrets) -> None:
@@ -780,7 +806,7 @@ def test_checkout_is_named_safe_for_steps_under_other_uids(
     ).stdout.splitlines()
     assert listed == [str(dest), str(dest / "libs" / "sub"), str(dest / "libs/sub/deps/nested")]
     assert stat.S_IMODE(gitconfig.stat().st_mode) == 0o600
-    assert "helper = store" in gitconfig.read_text()  # creds-init's settings are all still there
+    assert "credential-store get" in gitconfig.read_text()  # creds-init's settings all stay
 
 
 def test_submodules_false_skips_them(tmp_path: Path, world: World, secrets: Secrets) -> None:
