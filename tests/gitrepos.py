@@ -339,6 +339,44 @@ def make_submodule_repos(root: Path) -> dict[str, str]:
     return {"super": top, "sub": sub, "nested": nested}
 
 
+@dataclass(frozen=True)
+class Submodule:
+    """One .gitmodules entry of make_superproject: its name, path, url as written, and commit."""
+
+    name: str
+    path: str
+    url: str
+    commit: str
+
+
+def make_leaf_repo(path: Path, text: str) -> str:
+    """A bare repository at `path` whose main has one commit with README.md = text; its SHA."""
+    with _bare(path) as git:
+        tip = git.commit({"README.md": _file(git, text)}, f"leaf: {text.strip()}")
+        git.set_ref("refs/heads/main", tip)
+    return tip
+
+
+def make_superproject(path: Path, submodules: Sequence[Submodule]) -> str:
+    """A bare repository at `path` whose main has a .gitmodules naming each submodule's url
+    verbatim (absolute, credentials and all) and a gitlink at each path; main's SHA.
+
+    The urls name servers that only run during a test, so the repository is made then.
+    """
+    with _bare(path) as git:
+        gitmodules = "".join(
+            f'[submodule "{s.name}"]\n\tpath = {s.path}\n\turl = {s.url}\n' for s in submodules
+        )
+        tree: dict[str, tuple[str, str]] = {
+            ".gitmodules": _file(git, gitmodules),
+            "README.md": _file(git, "superproject\n"),
+        }
+        tree.update({s.path: ("160000", s.commit) for s in submodules})
+        tip = git.commit(tree, "super: with submodules")
+        git.set_ref("refs/heads/main", tip)
+    return tip
+
+
 # --------------------------------------------------------------------------------------------
 # A big repository for benchmarks
 # --------------------------------------------------------------------------------------------

@@ -15,15 +15,18 @@ import pytest
 
 from tests.gitrepos import (
     HostileRepo,
+    Submodule,
     make_big_repo,
     make_case_collision_repo,
     make_cr_path_repo,
     make_dash_url_repo,
     make_evil_name_repo,
     make_hostile_repos,
+    make_leaf_repo,
     make_newline_url_repo,
     make_rich_repo,
     make_submodule_repos,
+    make_superproject,
     make_symlinked_path_repo,
     set_server_caps,
 )
@@ -336,6 +339,28 @@ def test_make_submodule_repos_clone_recursively(tmp_path: Path, client_env: dict
     # The relative urls resolved against the daemon's address.
     url = run_git(["config", "submodule.sub.url"], env=client_env, cwd=clone).stdout.strip()
     assert url == f"{base}/sub.git"
+
+
+def test_make_superproject_with_credentials_in_a_submodule_url(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    """The fixture, and the premise of git-init's handling: plain git takes a submodule url's
+    credentials from .gitmodules into .git/config and the submodule's own config."""
+    srv = tmp_path / "srv"
+    leaf = make_leaf_repo(srv / "lib.git", "leaf\n")
+    with GitHttpServer(srv, {"lib.git": ("bob", "LEAF-TOKEN")}) as server:
+        url = server.url_for("lib.git").replace("http://", "http://bob:LEAF-TOKEN@")
+        tip = make_superproject(srv / "super.git", [Submodule("lib", "deps/lib", url, leaf)])
+        clone = tmp_path / "clone"
+        run_git(
+            ["clone", "-q", "--recurse-submodules", server.url_for("super.git"), str(clone)],
+            env=client_env,
+        )
+        assert ("lib.git", "bob") in server.granted
+    assert run_git(["rev-parse", "HEAD"], env=client_env, cwd=clone).stdout.strip() == tip
+    assert (clone / "deps/lib/README.md").read_text() == "leaf\n"
+    assert "LEAF-TOKEN" in (clone / ".git" / "config").read_text()
+    assert "LEAF-TOKEN" in (clone / ".git" / "modules" / "lib" / "config").read_text()
 
 
 def test_make_big_repo_small(tmp_path: Path, client_env: dict[str, str]) -> None:
