@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from urllib.parse import quote, unquote, urlsplit
 
 # Variables a user or cluster may legitimately set for git in a build: how to reach the
 # server. Everything else named GIT_* is dropped: GIT_DIR/GIT_WORK_TREE/GIT_INDEX_FILE
@@ -74,3 +75,60 @@ def config_args(settings: Iterable[tuple[str, str]]) -> list[str]:
 def config_value(value: str) -> str:
     """A git config value in double quotes, so '#', ';' and spaces stay part of it."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# What a credential helper prints for `get`, read from variables of the environment git
+# runs in, so a password is never on a command line or in a file; `store` and `erase` are
+# ignored, so a 401 never changes anything. ({n} is the login's index.)
+_ENV_HELPER = (
+    '!f() {{ if [ "$1" = get ]; then printf "username=%s\\npassword=%s\\n" '
+    '"$STEPKIT_CREDENTIAL_USERNAME_{n}" "$STEPKIT_CREDENTIAL_PASSWORD_{n}"; fi; }}; f'
+)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _with_path(url: str) -> str:
+    # git matches a credential section against the url with every path byte but the
+    # unreserved ones and '/' percent-encoded, and compares escapes literally.
+    return _origin(url) + quote(unquote(urlsplit(url).path))
+
+
+def credential_env(logins: Mapping[str, tuple[str, str]]) -> dict[str, str]:
+    """Environment that hands git each repository url's (username, password), and only there.
+
+    `logins` maps a repository url without credentials to its login. Each gets a credential
+    helper of its own, configured through GIT_CONFIG_COUNT (which git passes on to the git
+    processes of submodules, and which no url character can break, as `-c` would break on an
+    '='), for the url's scheme, host and port — or, when two urls of one server carry
+    different logins, for each url's exact path. The helper list is reset for that scope
+    first, so a stale credential from $HOME is not tried before it, while other servers keep
+    theirs; and a server that asks for a password gets none of another server's logins.
+    """
+    by_origin: dict[str, list[str]] = {}
+    for url in logins:
+        by_origin.setdefault(_origin(url), []).append(url)
+    scopes: list[tuple[str, tuple[str, str]]] = []
+    for origin, urls in by_origin.items():
+        if len({logins[u] for u in urls}) == 1:
+            scopes.append((origin, logins[urls[0]]))
+        else:
+            # git applies every matching section in order: the longest path last, so it wins.
+            scopes += sorted(((_with_path(u), logins[u]) for u in urls), key=lambda s: len(s[0]))
+    env: dict[str, str] = {}
+    for n, (scope, (username, password)) in enumerate(scopes):
+        key = f"credential.{scope}.helper"
+        env |= {
+            f"GIT_CONFIG_KEY_{2 * n}": key,
+            f"GIT_CONFIG_VALUE_{2 * n}": "",
+            f"GIT_CONFIG_KEY_{2 * n + 1}": key,
+            f"GIT_CONFIG_VALUE_{2 * n + 1}": _ENV_HELPER.format(n=n),
+            f"STEPKIT_CREDENTIAL_USERNAME_{n}": username,
+            f"STEPKIT_CREDENTIAL_PASSWORD_{n}": password,
+        }
+    if scopes:
+        env["GIT_CONFIG_COUNT"] = str(2 * len(scopes))
+    return env

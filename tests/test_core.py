@@ -216,3 +216,68 @@ def test_command_error_names_the_fatal_line_not_the_advice_after_it(tmp_path: Pa
     with pytest.raises(CommandError) as caught:
         subproc.run(["sh", "-c", "echo one >&2; echo 'the last word' >&2; exit 1"], timeout=10)
     assert str(caught.value) == "sh exited 1: the last word"
+
+
+def _fill(env: dict[str, str], url: str) -> tuple[str, str] | None:
+    """What real git's credential machinery hands out for url, or None."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    query = f"protocol={parts.scheme}\nhost={parts.netloc}\npath={parts.path.lstrip('/')}\n\n"
+    proc = subprocess.run(
+        ["git", "credential", "fill"],
+        input=query,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return None
+    got = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return got["username"], got["password"]
+
+
+def test_credential_env_hands_each_login_to_its_own_server_only(
+    tmp_path: Path, isolated_env: Path
+) -> None:
+    """git-init's url credentials, as git itself resolves them: a login serves its scheme,
+    host and port; two logins on one server serve one path each; $HOME's helper is reset
+    only where a login applies."""
+    from stepkit.gitenv import credential_env
+
+    home = isolated_env
+    (home / ".git-credentials").write_text(
+        "https://stale:stale-pw@a.example\nhttps://dan:dan-pw@d.example\n"
+    )
+    (home / ".gitconfig").write_text("[credential]\n\thelper = store\n")
+    logins = {
+        "https://a.example/org/x.git": ("ann", "pw-a"),
+        "https://b.example:8443/r": ("bob", "pw b'\"$(touch PWNED)"),
+        "https://c.example/one": ("c1", "pw-c1"),
+        "https://c.example/two=2.git": ("c2", "pw-c2"),
+    }
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        **credential_env(logins),
+    }
+    assert not any(v for k, v in env.items() if k.startswith("GIT_CONFIG_") and "pw" in v)
+    expected = {
+        "https://a.example/org/x.git": ("ann", "pw-a"),
+        "https://a.example/another/repo": ("ann", "pw-a"),
+        "https://b.example:8443/elsewhere": ("bob", "pw b'\"$(touch PWNED)"),
+        "https://b.example/r": None,
+        "http://a.example/org/x.git": None,
+        "https://c.example/one": ("c1", "pw-c1"),
+        "https://c.example/two=2.git": ("c2", "pw-c2"),
+        "https://c.example/three": None,
+        "https://d.example/r": ("dan", "dan-pw"),
+        "https://a.example.evil.net/org/x.git": None,
+    }
+    got = {url: _fill(env, url) for url in expected}
+    assert got == expected
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()

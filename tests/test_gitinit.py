@@ -881,7 +881,7 @@ def test_credentials_in_the_url_are_used_never_kept(tmp_path: Path, world: World
         written += [p.read_bytes().decode(errors="replace") for p in tree.rglob("*") if p.is_file()]
     for text in written:
         assert_no_leak(text, [PASSWORD])
-    assert not os.listdir(tmpdir)  # the askpass helper is gone
+    assert not os.listdir(tmpdir)  # git-init leaves nothing in TMPDIR
 
 
 # --------------------------------------------------------------------------------------------

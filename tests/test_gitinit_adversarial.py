@@ -30,12 +30,15 @@ from tests.conftest import (
 )
 from tests.gitrepos import (
     HostileRepo,
+    Submodule,
     make_case_collision_repo,
     make_cr_path_repo,
     make_dash_url_repo,
     make_evil_name_repo,
+    make_leaf_repo,
     make_newline_url_repo,
     make_submodule_repos,
+    make_superproject,
     make_symlinked_path_repo,
 )
 from tests.peers import (
@@ -519,7 +522,7 @@ def test_adv09_url_password_is_used_and_never_shown_or_stored(
     assert not (home / ".git-credentials").exists()
     # .gitconfig holds only the checkout's safe.directory: no credential, no helper.
     assert (home / ".gitconfig").read_text() == f"[safe]\n\tdirectory = {site.dest}\n"
-    assert list(tmpdir.iterdir()) == [], "the askpass helper was left behind"
+    assert list(tmpdir.iterdir()) == [], "git-init left files in TMPDIR"
 
 
 def test_adv09_wrong_url_password_is_denied_without_showing_it(site: Site, origin: Origin) -> None:
@@ -560,6 +563,129 @@ def test_adv09_rejected_url_never_shows_its_password(site: Site, url: str) -> No
         site.secrets.append(secret + "/#?")
     result = site.run(f"-url={value}", "--allow-local")
     assert_rejected(site, result, "-url")
+
+
+def with_login(url: str, user: str, password: str) -> str:
+    return url.replace("://", f"://{user}:{quote(password, safe='')}@", 1)
+
+
+def assert_password_nowhere(site: Site, result: Run, *passwords: str) -> None:
+    """No password in any output, git command line, result, file of HOME or the checkout.
+
+    The one exception is the repository's own content: a committed .gitmodules that spells
+    a url with its credentials is checked out as committed (it is the source of the secret,
+    not a copy). Objects are compressed and not searched.
+    """
+    texts = [result.output, *site.git_ran()]  # every command line git-init ran git with
+    for path in (site.term, *site.results.glob("*")):
+        if path.is_file():
+            texts.append(path.read_text(errors="replace"))
+    home = Path(os.environ["HOME"])
+    for tree in (site.dest, home):
+        for file in tree.rglob("*") if tree.is_dir() else ():
+            if not file.is_file() or file.is_symlink() or "objects" in file.parts:
+                continue
+            if file.name == ".gitmodules" and ".git" not in file.relative_to(tree).parts:
+                committed = run_git(
+                    ["show", "HEAD:.gitmodules"], env=git_env(home), cwd=file.parent
+                ).stdout
+                assert file.read_text() == committed, f"{file} is not as committed"
+                continue
+            texts.append(file.read_bytes().decode(errors="replace"))
+    assert_no_leak("\n".join(texts), list(passwords))
+
+
+def test_adv09_submodule_url_credentials_are_used_and_never_stored(site: Site) -> None:
+    """A .gitmodules url with credentials (here two, for two repositories of one server, at
+    two levels): each repository gets its own, and none reaches .git/config, the submodules'
+    config under .git/modules, or any output (git-sync#851)."""
+    main_root, other_root = site.tmp / "srv-main", site.tmp / "srv-other"
+    main_root.mkdir()
+    nested = make_leaf_repo(other_root / "nested.git", "nested\n")
+    sub_pw, nested_pw = "SUB-T0KEN/:@%é", "NESTED-T0KEN#?+"
+    other_creds = {"sub.git": ("bob", sub_pw), "nested.git": ("carol", nested_pw)}
+    with (
+        GitHttpServer(main_root, {}) as main,
+        GitHttpServer(other_root, other_creds) as other,
+    ):
+        nested_url = with_login(other.url_for("nested.git"), "carol", nested_pw)
+        sub = make_superproject(
+            other_root / "sub.git", [Submodule("nested", "deps/nested", nested_url, nested)]
+        )
+        sub_url = with_login(other.url_for("sub.git"), "bob", sub_pw)
+        top = make_superproject(
+            main_root / "super.git", [Submodule("sub", "libs/sub", sub_url, sub)]
+        )
+        result = site.run(f"-url={main.url_for('super.git')}", "--allow-http")
+        assert result.returncode == 0, result.output
+        assert "submodule 'sub': its url holds credentials" in result.stderr
+        assert set(other.auth_log) == {("sub.git", "bob"), ("nested.git", "carol")}
+        assert {("sub.git", "bob"), ("nested.git", "carol")} <= set(other.granted)
+        clean_sub = other.url_for("sub.git")
+    assert site.results_map()["commit"] == top
+    dest = site.dest
+    assert (dest / "libs/sub/deps/nested/README.md").read_text() == "nested\n"
+    env = git_env(site.tmp / "home")
+    for repo, tip in (
+        (dest, top),
+        (dest / "libs/sub", sub),
+        (dest / "libs/sub/deps/nested", nested),
+    ):
+        assert run_git(["rev-parse", "HEAD"], env=env, cwd=repo).stdout.strip() == tip
+    assert run_git(["config", "submodule.sub.url"], env=env, cwd=dest).stdout.strip() == clean_sub
+    assert_password_nowhere(site, result, sub_pw, nested_pw)
+
+
+def test_adv09_url_credentials_are_not_offered_to_another_server(site: Site) -> None:
+    """-url's credentials are for -url's server: a submodule on another one that asks for a
+    password gets none of them, and the run fails naming that submodule's url."""
+    main_root, other_root = site.tmp / "srv-main", site.tmp / "srv-other"
+    main_root.mkdir()
+    leaf = make_leaf_repo(other_root / "lib.git", "leaf\n")
+    main_pw = "MAIN-T0KEN-" + PASSWORD
+    with (
+        GitHttpServer(main_root, {"": ("alice", main_pw)}) as main,
+        GitHttpServer(other_root, {"": ("bob", "the-other-servers-token")}) as other,
+    ):
+        lib_url = other.url_for("lib.git")
+        make_superproject(main_root / "super.git", [Submodule("lib", "deps/lib", lib_url, leaf)])
+        url = with_login(main.url_for("super.git"), "alice", main_pw)
+        result = site.run(f"-url={url}", "--allow-http", "--retries=0")
+        assert ("super.git", "alice") in main.granted
+        assert other.auth_log == [], "credentials were offered to another server"
+        assert other.request_log, "the submodule was never asked for"
+    assert result.returncode == 3, result.output
+    line = assert_failed(site, result, "authentication failed", lib_url)
+    assert "alice" not in line
+    assert_password_nowhere(site, result, main_pw)
+
+
+def test_adv09_url_credentials_reach_submodules_on_the_same_server(site: Site) -> None:
+    """The control: relative submodule urls (same server) get -url's credentials, before a
+    wrong password creds-init wrote for that server."""
+    root = site.tmp / "srv"
+    tips = make_submodule_repos(root)
+    secrets = Secrets(site.tmp / "secrets")
+    secrets.add("stale", {"username": "alice", "password": "a-stale-password"})
+    with GitHttpServer(root, {"": ("alice", PASSWORD)}) as server:
+        written = run_stepkit(
+            "creds-init", f"-basic-git=stale={server.url}", f"--secrets-dir={secrets.root}"
+        )
+        assert written.returncode == 0, written.output
+        result = site.run(
+            f"-url={with_login(server.url_for('super.git'), 'alice', PASSWORD)}", "--allow-http"
+        )
+        assert result.returncode == 0, result.output
+        assert set(server.auth_log) == {
+            ("super.git", "alice"),
+            ("sub.git", "alice"),
+            ("nested.git", "alice"),
+        }
+        # Every credential presented was accepted: the stale one was never offered.
+        assert sorted(server.auth_log) == sorted(server.granted)
+    assert site.results_map()["commit"] == tips["super"]
+    assert (site.dest / "libs/sub/deps/nested/NESTED.md").is_file()
+    assert_password_nowhere(site, result, PASSWORD)
 
 
 @pytest.mark.parametrize(

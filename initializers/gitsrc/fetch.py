@@ -327,8 +327,20 @@ def _submodules(
     paths: list[str] = []
     for name, fields in entries.items():
         path, url = fields.get("path", ""), fields.get("url", "")
-        _check_submodule(name, path, url, parent, spec)
+        resolved = _check_submodule(name, path, url, parent, spec)
         paths.append(path)
+        if resolved.password is not None:
+            # `submodule init` would copy the url, credentials and all, into .git/config and
+            # the clone into the submodule's own config. It keeps a url already set: set the
+            # one without them, and hand the credentials to git for that server only.
+            log.warning(
+                "submodule %s: its url holds credentials; they are used for %s only, never "
+                "stored or shown",
+                shown(name),
+                resolved.url,
+            )
+            git.add_login(resolved)
+            git.run("config", f"submodule.{name}.url", resolved.url, cwd=repo)
     if not paths:
         return
     depth = _depth(spec)
@@ -380,8 +392,11 @@ def entries_url(entries: dict[str, dict[str, str]], path: str) -> str:
     return next(f.get("url", "") for f in entries.values() if f.get("path") == path)
 
 
-def _check_submodule(name: str, path: str, url: str, parent: RepoUrl, spec: FetchSpec) -> None:
-    """What git itself should refuse, refused before git sees it (CVE-2018-11235, CVE-2025-48384)."""
+def _check_submodule(name: str, path: str, url: str, parent: RepoUrl, spec: FetchSpec) -> RepoUrl:
+    """What git itself should refuse, refused before git sees it (CVE-2018-11235, CVE-2025-48384).
+
+    Returns the submodule's url, resolved and checked.
+    """
     label = f"submodule {shown(name)}"
     segments = name.replace("\\", "/").split("/")
     if not name or has_control(name) or name.startswith("-") or ".." in segments:
@@ -399,7 +414,7 @@ def _check_submodule(name: str, path: str, url: str, parent: RepoUrl, spec: Fetc
         raise StepkitError(f"{label}: path {shown(path)} is not a plain relative path")
     if not url:
         raise StepkitError(f"{label}: has no url")
-    _resolve_url(url, parent, spec, label=label)
+    return _resolve_url(url, parent, spec, label=label)
 
 
 def _resolve_url(

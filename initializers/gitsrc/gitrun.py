@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from initializers.gitsrc.spec import FetchSpec
+from initializers.gitsrc.spec import FetchSpec, RepoUrl
 from stepkit import fsutil, gitenv, identity, subproc
 from stepkit.errors import CommandError, DeniedError, StepkitError
 from stepkit.log import printable
@@ -25,6 +25,9 @@ _AUTH = re.compile(
     r"HTTP Basic: Access denied|returned error: 40[13]|The requested URL returned error: 40[13]|"
     r"Invalid username or password"
 )
+# The url git was refused at, when it names one ("could not read Username for" names only
+# the server): a submodule's is not -url. No url git sees holds credentials.
+_FOR_URL = re.compile(r"clone of '([^'\s]+)' into submodule|Authentication failed for '([^'\s]+)'")
 _HOSTKEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED")
 # A missing repository, however the transport words it: checked before _TRANSIENT, because
 # over ssh and git:// git follows it with "Could not read from remote repository" or "hung up".
@@ -81,25 +84,25 @@ class Git:
             settings.append(("http.sslVerify", "false"))
         # A private scratch directory for this run (0700), removed on exit.
         self._scratch = str(fsutil.scratch_dir("stepkit-git-"))
-        extra = identity.passwd_env(os.environ.get("HOME", "/"), Path(self._scratch))
-        if spec.url.password is not None:
-            # Credentials from the url reach git through an askpass program reading our
-            # environment: never on a command line, in .git/config or in a credential store.
-            script = Path(self._scratch) / "askpass"
-            script.write_text(
-                '#!/bin/sh\ncase "$1" in\n  [Uu]sername*) printf "%s\\n" "$STEPKIT_ASKPASS_USERNAME" ;;\n'
-                '  *) printf "%s\\n" "$STEPKIT_ASKPASS_PASSWORD" ;;\nesac\n'
-            )
-            script.chmod(0o700)
-            extra |= {
-                "GIT_ASKPASS": str(script),
-                "STEPKIT_ASKPASS_USERNAME": spec.url.username or "",
-                "STEPKIT_ASKPASS_PASSWORD": spec.url.password.reveal(),
-            }
-            settings.append(("credential.helper", ""))
+        self._extra = identity.passwd_env(os.environ.get("HOME", "/"), Path(self._scratch))
+        # Credentials from urls (-url's, a submodule's), each for its own server only.
+        self._logins: dict[str, tuple[str, str]] = {}
+        self.env = gitenv.scrubbed_env(spec.allowed_schemes, extra=self._extra)
+        self.add_login(spec.url)
         self.config = gitenv.config_args(settings)
         self.committer_dates: dict[str, str] = {}
-        self.env = gitenv.scrubbed_env(spec.allowed_schemes, extra=extra)
+
+    def add_login(self, url: RepoUrl) -> None:
+        """Use the credentials url came with for url's server from the next git call on.
+
+        They reach git through the environment only: never a command line, .git/config, a
+        credential store or a file at all.
+        """
+        if url.password is None:
+            return
+        self._logins[url.url] = (url.username or "", url.password.reveal())
+        extra = self._extra | gitenv.credential_env(self._logins)
+        self.env = gitenv.scrubbed_env(self.spec.allowed_schemes, extra=extra)
 
     def __enter__(self) -> Git:
         return self
@@ -176,9 +179,12 @@ class Git:
                 "in known_hosts (give the right key in the ssh secret's known_hosts)"
             )
         if _AUTH.search(out):
+            # A submodule's server is not -url's: name the one git names.
+            named = _FOR_URL.search(out)
+            where = printable((named.group(1) or named.group(2)).rstrip("/")) if named else url
             return DeniedError(
-                f"{what}: authentication failed for {url}: check the credentials creds-init wrote "
-                "(-basic-git / -ssh-git) and their access to this repository"
+                f"{what}: authentication failed for {where}: check the credentials creds-init "
+                "wrote (-basic-git / -ssh-git), or the url's, and their access to this repository"
             )
         if _SHA_REFUSED.search(out):
             return ShaRefused(f"{what}: the server does not hand out commits by id")
