@@ -121,7 +121,8 @@ def _termination_default(
 
 
 def result_options(what: str = "results") -> Callable[[F], F]:
-    """-terminationMessagePath and -results-dir, as every helper that has results takes them.
+    """--termination-message-path (SPEC §0) or Tekton's -terminationMessagePath, and
+    --results-dir, as every helper that has results takes them.
 
     The command gets `terminationmessagepath` already resolved (the pod's termination log
     when the flag is not given and one is writable, else None) and `results_dir`.
@@ -135,9 +136,14 @@ def result_options(what: str = "results") -> Callable[[F], F]:
             metavar="DIR",
             help="Also write each result to DIR/<key> (Tekton: /tekton/results).",
         )(f)
-        return go_option(
-            "terminationMessagePath",
+        return click.option(
+            "-termination-message-path",
+            "--termination-message-path",
+            "-terminationMessagePath",
+            "--terminationMessagePath",
+            "terminationmessagepath",
             envvar="STEPKIT_TERMINATION_MESSAGE_PATH",
+            show_envvar=True,
             default=None,
             metavar="FILE",
             callback=_termination_default,
@@ -168,20 +174,36 @@ class GoBool(click.ParamType[bool]):
         self.fail(f"{value!r} is not a boolean (true or false)", param, ctx)
 
 
-def go_bool_option(name: str, *, envvar: str, default: bool, help: str) -> Callable[[F], F]:
+class FlagBool(GoBool):
+    """GoBool that also reads the words a click flag took from its environment variable (yes, on, ...)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        if isinstance(value, str) and value not in self._TRUE | self._FALSE:
+            return bool(click.BOOL.convert(value, param, ctx))
+        return super().convert(value, param, ctx)
+
+
+def go_bool_option(
+    name: str, *, envvar: str, default: bool, help: str, type: GoBool | None = None
+) -> Callable[[F], F]:
     """A Go bool flag: `-name` alone is true, `-name=false` is false, as Go's flag package reads them."""
     return click.option(
         f"-{name}",
         f"--{name}",
         envvar=envvar,
         show_envvar=True,
-        type=GoBool(),
+        type=type or GoBool(),
         is_flag=False,
         flag_value="true",
         default=default,
         show_default=True,
         help=help,
     )
+
+
+def go_flag_option(name: str, *, envvar: str, help: str) -> Callable[[F], F]:
+    """A switch, false unless given: `-name`, or as Go reads a bool, `-name=true`/`-name=false`."""
+    return go_bool_option(name, envvar=envvar, default=False, help=help, type=FlagBool())
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

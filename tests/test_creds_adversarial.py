@@ -610,7 +610,14 @@ def test_adv26_accept_new_only_for_the_host_without_known_hosts(
 
 
 @pytest.mark.parametrize(
-    "how", ["--require-known-hosts", "-require-known-hosts", "STEPKIT_REQUIRE_KNOWN_HOSTS"]
+    "how",
+    [
+        "--require-known-hosts",
+        "-require-known-hosts",
+        "--require-known-hosts=true",
+        "-require-known-hosts=1",
+        "STEPKIT_REQUIRE_KNOWN_HOSTS",
+    ],
 )
 def test_adv26_require_known_hosts_fails_closed(
     secrets: Secrets, tmp_path: Path, keys: Keys, how: str
@@ -630,6 +637,19 @@ def test_adv26_require_known_hosts_fails_closed(
         env=env,
         names=("-ssh-git nokh", "known_hosts", "--require-known-hosts"),
     )
+
+
+@pytest.mark.parametrize("how", ["--require-known-hosts=false", "-require-known-hosts=0"])
+def test_adv26_require_known_hosts_false_on_the_command_line_wins(
+    secrets: Secrets, isolated_env: Path, keys: Keys, how: str
+) -> None:
+    """A Go bool flag takes =false too, and the command line wins over the environment."""
+    secrets.add("nokh", {"ssh-privatekey": keys.ed25519})
+    run = creds(
+        secrets, "-ssh-git", "nokh=git.internal", how, env={"STEPKIT_REQUIRE_KNOWN_HOSTS": "1"}
+    )
+    assert run.returncode == 0, run.output
+    assert ssh_g(isolated_env, "git.internal")["stricthostkeychecking"] == ["accept-new"]
 
 
 def test_adv26_require_known_hosts_passes_with_known_hosts(

@@ -30,6 +30,7 @@ from tests.peers import (
     make_repo,
     run_git,
 )
+from tests.spellings import SPELLINGS, result_args, spelling_id, written
 
 USER = "builder"
 PASSWORD = 'p@ss:w/rd %#?+ "é€ 😀'  # every character url-decoding or a credential store could lose
@@ -918,6 +919,53 @@ def test_every_flag_spelling(tmp_path: Path, world: World, spelling: str) -> Non
     commit = world.refs["feature/x"]
     assert_checkout(tmp_path / "workspace" / "src", world, commit, "feature/x")
     assert termination(tmp_path)["commit"] == commit
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS, ids=spelling_id)
+def test_every_spelling_of_the_result_options(
+    tmp_path: Path, world: World, spelling: tuple[str, str, bool]
+) -> None:
+    """SPEC §0: --termination-message-path, Tekton's -terminationMessagePath, --results-dir."""
+    res = run_stepkit(
+        "git-init",
+        f"-url={world.daemon.url_for('rich.git')}",
+        f"--workspace={tmp_path / 'workspace'}",
+        "-path=src",
+        "-revision=v1.0",
+        *result_args(tmp_path, spelling),
+    )
+    assert res.returncode == 0, res.stderr
+    assert written(tmp_path)["commit"] == world.refs["v1.0^{}"]
+
+
+@pytest.mark.parametrize("dashes", ["-", "--"])
+def test_bool_flags_take_go_values(
+    tmp_path: Path, world: World, secrets: Secrets, dashes: str
+) -> None:
+    """--allow-http, --allow-local and --force as Go reads a bool: alone, =true or =false;
+    a value on the command line wins over the environment's."""
+    http_creds(secrets, world.http.url)
+    url = world.http.url_for("rich.git")
+    res = git_init(tmp_path, url, f"{dashes}allow-http=true")
+    assert res.returncode == 0, res.stderr
+    shutil.rmtree(tmp_path / "workspace")
+    res = git_init(
+        tmp_path, url, f"{dashes}allow-http=false", env={"STEPKIT_GIT_ALLOW_HTTP": "true"}
+    )
+    assert res.returncode == 2, res.stderr
+    assert "--allow-http" in error_line(res)
+    local = str(world.root / "rich.git")
+    res = git_init(tmp_path, local, f"{dashes}allow-local=true", f"{dashes}force=false")
+    assert res.returncode == 0, res.stderr
+    (tmp_path / "workspace" / "src" / ".git" / "stepkit-source").unlink()  # not ours any more
+    res = git_init(
+        tmp_path, local, f"{dashes}allow-local", f"{dashes}force=false",
+        env={"STEPKIT_GIT_FORCE": "true"},
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert "--force" in error_line(res)
+    res = git_init(tmp_path, local, f"{dashes}allow-local=1", f"{dashes}force=true")
+    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.parametrize("how", ["-depth=0", "-depth 0", "env"])

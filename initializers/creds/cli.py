@@ -9,7 +9,13 @@ import click
 
 from initializers.creds import spec as specmod
 from stepkit import contract
-from stepkit.clickutil import CONTEXT_SETTINGS, GoCommand, common_options, go_option
+from stepkit.clickutil import (
+    CONTEXT_SETTINGS,
+    GoCommand,
+    common_options,
+    go_flag_option,
+    go_option,
+)
 
 
 @click.command(
@@ -68,10 +74,9 @@ build, under any UID, finds them. Flags take Go's spellings too: -basic-git=a=b,
     help=f"Where secrets are mounted. [default: {contract.KNATIVE_SECRETS_DIR}, or "
     f"{contract.TEKTON_SECRETS_DIR} when only that exists]",
 )
-@go_option(
+@go_flag_option(
     "require-known-hosts",
     envvar="STEPKIT_REQUIRE_KNOWN_HOSTS",
-    is_flag=True,
     help="Fail when an ssh secret has no known_hosts, instead of accepting the first host key.",
 )
 @go_option(

@@ -12,6 +12,7 @@ from stepkit.clickutil import (
     GoCommand,
     common_options,
     go_bool_option,
+    go_flag_option,
     go_option,
     result_options,
     retries_option,
@@ -108,22 +109,19 @@ $HOME. Exits non-zero with one line saying what went wrong; network failures are
     minimum=1,
     help="Seconds one network operation may take.",
 )
-@go_option(
+@go_flag_option(
     "allow-http",
     envvar="STEPKIT_GIT_ALLOW_HTTP",
-    is_flag=True,
     help="Allow plain http:// urls (unencrypted).",
 )
-@go_option(
+@go_flag_option(
     "allow-local",
     envvar="STEPKIT_GIT_ALLOW_LOCAL",
-    is_flag=True,
     help="Allow file:// urls and local paths.",
 )
-@go_option(
+@go_flag_option(
     "force",
     envvar="STEPKIT_GIT_FORCE",
-    is_flag=True,
     help="Fetch into a non-empty directory that is not a previous checkout.",
 )
 @common_options
