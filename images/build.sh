@@ -83,10 +83,10 @@ for helper in $helpers; do
         # The helpers that need an extra: one Containerfile, a stage per helper.
         gcs-fetcher)
             build "$helper" extra "$repo-base:$version" $from --target "$helper" \
-                --build-arg EXTRA=gcs --build-arg "CHECK_IMPORT=google.cloud.storage, initializers.gcs.cli" ;;
+                --build-arg EXTRA=gcs --build-arg "CHECK_IMPORT=google.cloud.storage, backports.zstd, initializers.gcs.cli" ;;
         image-fetcher)
             build "$helper" extra "$repo-base:$version" $from --target "$helper" \
-                --build-arg EXTRA=oci --build-arg "CHECK_IMPORT=urllib3, initializers.imagesrc.cli" ;;
+                --build-arg EXTRA=oci --build-arg "CHECK_IMPORT=urllib3, backports.zstd, initializers.imagesrc.cli" ;;
         *) build "$helper" "$helper" "$repo-base:$version" $from ;;
     esac
 done
