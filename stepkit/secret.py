@@ -3,35 +3,52 @@
 from __future__ import annotations
 
 import base64
+import re
 import threading
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
-REDACTED = "****"
+# What a secret is replaced by in every output (SPEC §6.2).
+REDACTED = "***"
+# Shorter values are never masked: a one-to-three character "secret" would turn up in
+# ordinary words, numbers and paths, and hiding those would garble every log line.
+MIN_LENGTH = 4
 
 _lock = threading.Lock()
 _known: set[str] = set()
+_version = 0
+_compiled: tuple[int, re.Pattern[bytes] | None, tuple[bytes, ...]] = (-1, None, ())
 
 
 def _forms(value: str) -> set[str]:
     """The spellings a secret takes in files and protocols, each of which must be hidden."""
+    if len(value) < MIN_LENGTH:
+        return set()
     raw = value.encode("utf-8", "surrogateescape")
-    forms = {
-        value,
-        quote(value, safe=""),
-        quote(value),
-        base64.b64encode(raw).decode("ascii"),
-        base64.urlsafe_b64encode(raw).decode("ascii"),
-    }
-    # Short values would redact ordinary words; a one- or two-character secret is no secret.
-    return {f for f in forms if len(f) >= 3}
+    forms = {value, quote(value, safe=""), quote(value), quote_plus(value, safe="")}
+    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        # Unpadded too (JWTs, URLs drop the '='); the padded form contains it.
+        forms.add(encoded.decode("ascii").rstrip("="))
+    # A multi-line value (a key, a certificate) is hidden line by line as well as whole:
+    # a tool may print one line of it, or break the whole across lines of its own.
+    if "\n" in value or "\r" in value:
+        for line in re.split(r"\r\n|\r|\n", value):
+            if len(line) >= MIN_LENGTH:
+                forms.add(line)
+    return {f for f in forms if len(f) >= MIN_LENGTH}
 
 
 def register(value: str) -> None:
-    """Add a value (and its encoded forms) to what `redact` removes from every output."""
-    if value:
-        forms = _forms(value)
+    """Add a value (and its encoded forms) to what `redact` removes from every output.
+
+    Values shorter than MIN_LENGTH characters are ignored (see MIN_LENGTH).
+    """
+    global _version
+    forms = _forms(value) if value else set()
+    if forms:
         with _lock:
-            _known.update(forms)
+            if not forms <= _known:
+                _known.update(forms)
+                _version += 1
 
 
 def register_pair(username: str, password: str) -> None:
@@ -41,20 +58,57 @@ def register_pair(username: str, password: str) -> None:
         register(f"{username}:{password}")
 
 
+def forms() -> list[str]:
+    """Every registered form, longest first (the order in which they are replaced)."""
+    with _lock:
+        return sorted(_known, key=lambda f: (-len(f), f))
+
+
 def redact(text: str) -> str:
     """Replace every registered secret form in text; longest first so no fragment survives."""
-    with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for form in known:
+    for form in forms():
         if form in text:
             text = text.replace(form, REDACTED)
     return text
 
 
-def forget_all() -> None:
-    """Clear the registry (tests and long-lived SDK processes between builds)."""
+def byte_forms() -> tuple[re.Pattern[bytes] | None, tuple[bytes, ...]]:
+    """The registered forms as UTF-8 bytes (longest first) and one pattern matching any of them.
+
+    The pattern's alternatives are ordered longest first, so at any position it takes the
+    longest form there: scanning left to right gives leftmost-longest matches, the same
+    whatever way a stream is cut into pieces (stepkit._mask relies on that).
+    """
+    global _compiled
+    with _lock:
+        version, pattern, encoded = _compiled
+        if version == _version:
+            return pattern, encoded
+        raw = (f.encode("utf-8", "surrogateescape") for f in _known)
+        encoded = tuple(sorted(raw, key=lambda f: (-len(f), f)))
+        pattern = re.compile(b"|".join(re.escape(f) for f in encoded)) if encoded else None
+        _compiled = (_version, pattern, encoded)
+        return pattern, encoded
+
+
+def snapshot() -> frozenset[str]:
+    """The registry as it is now, for `restore` (the test kit runs builders in process)."""
+    with _lock:
+        return frozenset(_known)
+
+
+def restore(saved: frozenset[str]) -> None:
+    """Put the registry back as `snapshot` found it."""
+    global _version
     with _lock:
         _known.clear()
+        _known.update(saved)
+        _version += 1
+
+
+def forget_all() -> None:
+    """Clear the registry (tests and long-lived SDK processes between builds)."""
+    restore(frozenset())
 
 
 class Secret:
