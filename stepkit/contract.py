@@ -48,3 +48,8 @@ def default_termination_path() -> str | None:
         if os.path.exists(candidate) and os.access(candidate, os.W_OK):
             return candidate
     return None
+
+
+def tekton_results_dir() -> str | None:
+    """Tekton's results directory when this container runs in a TaskRun's pod, else none."""
+    return TEKTON_RESULTS_DIR if os.path.isdir(TEKTON_RESULTS_DIR) else None

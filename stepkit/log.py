@@ -29,9 +29,10 @@ def clean(text: str) -> str:
 
 
 class _TextFormatter(logging.Formatter):
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, prefix: str | None = None) -> None:
         super().__init__()
         self.command = command
+        self.prefix = prefix
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -42,7 +43,7 @@ class _TextFormatter(logging.Formatter):
         else:
             body = clean(message)
         level = record.levelname.lower()
-        prefix = f"stepkit {self.command}" if self.command else "stepkit"
+        prefix = self.prefix or (f"stepkit {self.command}" if self.command else "stepkit")
         if record.levelno >= logging.WARNING:
             return f"{prefix}: {level}: {body}"
         return f"{prefix}: {body}"
@@ -64,9 +65,17 @@ class _JsonFormatter(logging.Formatter):
 
 
 def setup(
-    command: str, fmt: str = "text", debug: bool = False, stream: TextIO | None = None
+    command: str,
+    fmt: str = "text",
+    debug: bool = False,
+    stream: TextIO | None = None,
+    *,
+    prefix: str | None = None,
 ) -> None:
-    """Install the one stderr handler; only entry points call this (modules just log)."""
+    """Install the one stderr handler; only entry points call this (modules just log).
+
+    Text lines start with `prefix:` (default `stepkit COMMAND:`; a builder's own name).
+    """
     if fmt not in FORMATS:
         from stepkit.errors import InputError
 
@@ -75,7 +84,7 @@ def setup(
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter(command))
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter(command, prefix))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     # Third-party libraries log request details at DEBUG; only ours may speak below WARNING.

@@ -35,9 +35,17 @@ def _merge(existing: bytes, results: Mapping[str, str]) -> list[dict[str, str]]:
 
 
 def write_results(
-    results: Mapping[str, str], *, termination_path: str | None, results_dir: str | None
+    results: Mapping[str, str],
+    *,
+    termination_path: str | None,
+    results_dir: str | None,
+    tekton_dir: str | None = None,
 ) -> None:
-    """Merge results into the termination message and write one file per key into results_dir."""
+    """Merge results into the termination message and write one file per key into results_dir,
+    and into tekton_dir (Tekton's /tekton/results, see contract.tekton_results_dir) when given.
+
+    Values are written as they are: exact bytes, no newline added.
+    """
     for key in results:
         if not key or not all(c.isalnum() or c in "-_." for c in key) or key.startswith("."):
             raise InputError(f"result key {key!r} is not a plain name")
@@ -63,7 +71,12 @@ def write_results(
                 os.close(fd)
         except OSError as exc:
             raise StepkitError(f"cannot write {path}: {exc.strerror}") from None
-    if results_dir:
-        with SafeTree(Path(results_dir), label=results_dir) as tree:
+    seen: set[str] = set()
+    for directory in (results_dir, tekton_dir):
+        # The same directory named twice (-results-dir=/tekton/results in a Task) is written once.
+        if not directory or os.path.realpath(directory) in seen:
+            continue
+        seen.add(os.path.realpath(directory))
+        with SafeTree(Path(directory), label=directory) as tree:
             for key, value in results.items():
                 tree.write(key, value.encode(), mode=0o644, dir_mode=0o755, durable=True)
