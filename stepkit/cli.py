@@ -54,6 +54,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 _FAST = {"nop"}
 
 
+def _is_builder(obj: object) -> bool:
+    """A builder of the SDK (stepkit.builder.Builder), which parses and reports on its own.
+
+    Looked up in sys.modules: a helper that is one has imported stepkit.builder already,
+    and the others should not pay for importing it.
+    """
+    module = sys.modules.get("stepkit.builder")
+    return module is not None and isinstance(obj, module.Builder)
+
+
 def _load(name: str) -> Any:
     import importlib
 
@@ -77,6 +87,8 @@ def _group() -> click.Group:
             _module, attr, short = COMMANDS[cmd_name]
             if attr:
                 cmd = _load(cmd_name)
+                if _is_builder(cmd):
+                    return _builder_command(cmd_name, cmd, short)
                 assert isinstance(cmd, click.Command)
                 return cmd
             plain = _load(cmd_name)
@@ -113,6 +125,28 @@ def _group() -> click.Group:
     return group
 
 
+def _builder_command(name: str, builder: Any, short: str) -> click.Command:
+    """A builder as a subcommand of the group: its arguments go to it untouched, with the
+    group's --log-format and --debug in front of them."""
+    import click
+
+    @click.command(
+        name,
+        help=short,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
+    @click.pass_context
+    def wrapper(inner: click.Context) -> int:
+        meta = inner.find_root().meta
+        front = ["--log-format", str(meta.get("stepkit.log_format") or "text")]
+        if meta.get("stepkit.debug"):
+            front.append("--debug")
+        return int(builder.main([*front, *inner.args], prog_name=f"stepkit {name}"))
+
+    return wrapper
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -124,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in COMMANDS and COMMANDS[args[0]][1]:
         # Straight to the helper's command: building the group costs click's gettext
         # look-ups for its own option texts (~3 ms of a helper's start-up).
-        return run_click(_load(args[0]), args[1:], prog_name=f"stepkit {args[0]}", name=args[0])
+        loaded = _load(args[0])
+        if _is_builder(loaded):
+            return int(loaded.main(args[1:], prog_name=f"stepkit {args[0]}"))
+        return run_click(loaded, args[1:], prog_name=f"stepkit {args[0]}", name=args[0])
     return run_click(_group(), args, prog_name="stepkit")
 
 

@@ -556,3 +556,27 @@ def test_run_works_outside_a_builder(capfd: pytest.CaptureFixture[str]) -> None:
         secret.restore(saved)
     assert result.returncode == 0
     assert capfd.readouterr().out == "x *** y\n"
+
+
+# -- the stepkit command runs its SDK builders ---------------------------------------------------
+
+
+def test_gcs_uploader_is_a_builder_reached_both_ways(tmp_path: Path) -> None:
+    from builders.gcsupload.cli import command
+    from stepkit.builder import Builder
+    from tests.conftest import run_stepkit
+
+    assert isinstance(command, Builder)
+    direct = run_stepkit("gcs-uploader", "-workers=1", "--workers", "2", "-location=gs://b-ok/m")
+    assert direct.returncode == 2
+    assert direct.stderr.splitlines() == [
+        "stepkit gcs-uploader: error: --workers is given 2 times; it takes one value"
+    ]
+    # Through the group, its --log-format and --debug reach the builder.
+    grouped = run_stepkit("--log-format", "json", "gcs-uploader", "-workers=0")
+    assert grouped.returncode == 2
+    [line] = grouped.stderr.splitlines()
+    assert json.loads(line)["message"] == "--workers: 0 is less than 1"
+    helped = run_stepkit("gcs-uploader", "--help")
+    assert helped.returncode == 0
+    assert "STEPKIT_GCS_UPLOAD_WORKERS" in helped.stdout and "manifest" in helped.stdout

@@ -330,11 +330,23 @@ def _run_pool(
 
 
 def run(spec: UploadSpec) -> int:
+    """Upload, then write the result `manifest` where spec says."""
+    manifest = upload(spec)
+    results.write_results(
+        {"manifest": manifest.url()},
+        termination_path=spec.termination_path,
+        results_dir=spec.results_dir,
+    )
+    return 0
+
+
+def upload(spec: UploadSpec) -> Location:
+    """Upload spec.dir; the manifest written, with its generation."""
     with tree.Root(spec.dir) as root:
         return _upload(spec, root)
 
 
-def _upload(spec: UploadSpec, root: tree.Root) -> int:
+def _upload(spec: UploadSpec, root: tree.Root) -> Location:
     walked = tree.walk(root)
     for empty in walked.empty_dirs:
         log.warning(
@@ -415,9 +427,4 @@ def _upload(spec: UploadSpec, root: tree.Root) -> int:
         elapsed,
     )
     log.info("wrote manifest %s", manifest.url())
-    results.write_results(
-        {"manifest": manifest.url()},
-        termination_path=spec.termination_path,
-        results_dir=spec.results_dir,
-    )
-    return 0
+    return manifest
