@@ -75,7 +75,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
 
 # ---- Container images (images/README.md) ---------------------------------------------------
-IMAGE_DEB_PACKAGES = buildah podman debootstrap debian-archive-keyring
+IMAGE_DEB_PACKAGES = buildah podman runc debootstrap debian-archive-keyring
 # vfs works anywhere, inside a container too; overlay needs kernel support this machine lacks.
 STORAGE_DRIVER ?= vfs
 BASE_IMAGE     ?= docker.io/library/python:3.11-slim

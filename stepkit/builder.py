@@ -449,7 +449,12 @@ class _Runtime:
     def write_results(self) -> None:
         with self.lock:
             results = dict(self.results)
-        if results:
+        if results and not (self.termination_path or self.results_dir or self.tekton_dir):
+            self.logger.debug(
+                "results %s not written: no termination message file or results directory",
+                ", ".join(results),
+            )
+        elif results:
             write_results(
                 results,
                 termination_path=self.termination_path,
