@@ -16,7 +16,7 @@ MIN_LENGTH = 4
 _lock = threading.Lock()
 _known: set[str] = set()
 _version = 0
-_compiled: tuple[int, re.Pattern[bytes] | None, tuple[bytes, ...]] = (-1, None, ())
+_compiled: tuple[int, tuple[bytes, ...]] = (-1, ())
 
 
 def _forms(value: str) -> set[str]:
@@ -72,23 +72,16 @@ def redact(text: str) -> str:
     return text
 
 
-def byte_forms() -> tuple[re.Pattern[bytes] | None, tuple[bytes, ...]]:
-    """The registered forms as UTF-8 bytes (longest first) and one pattern matching any of them.
-
-    The pattern's alternatives are ordered longest first, so at any position it takes the
-    longest form there: scanning left to right gives leftmost-longest matches, the same
-    whatever way a stream is cut into pieces (stepkit._mask relies on that).
-    """
+def byte_forms() -> tuple[bytes, ...]:
+    """The registered forms as UTF-8 bytes, longest first (stepkit._mask matches with them)."""
     global _compiled
     with _lock:
-        version, pattern, encoded = _compiled
-        if version == _version:
-            return pattern, encoded
-        raw = (f.encode("utf-8", "surrogateescape") for f in _known)
-        encoded = tuple(sorted(raw, key=lambda f: (-len(f), f)))
-        pattern = re.compile(b"|".join(re.escape(f) for f in encoded)) if encoded else None
-        _compiled = (_version, pattern, encoded)
-        return pattern, encoded
+        version, encoded = _compiled
+        if version != _version:
+            raw = (f.encode("utf-8", "surrogateescape") for f in _known)
+            encoded = tuple(sorted(raw, key=lambda f: (-len(f), f)))
+            _compiled = (_version, encoded)
+        return encoded
 
 
 def snapshot() -> frozenset[str]:
