@@ -580,3 +580,60 @@ def test_gcs_uploader_is_a_builder_reached_both_ways(tmp_path: Path) -> None:
     helped = run_stepkit("gcs-uploader", "--help")
     assert helped.returncode == 0
     assert "STEPKIT_GCS_UPLOAD_WORKERS" in helped.stdout and "manifest" in helped.stdout
+
+
+# -- property tests of param parsing ------------------------------------------------------------
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20)
+_SPELLINGS = st.sampled_from(["-{}={}", "--{}={}", "-{} {}", "--{} {}"])
+
+
+def _flag(spelling: str, name: str, value: str) -> list[str]:
+    if " " in spelling:
+        dashes = spelling.split("{")[0]
+        return [f"{dashes}{name}", value]
+    return [spelling.format(name, value)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_TEXT, _SPELLINGS)
+def test_any_text_arrives_unchanged_in_any_spelling(value: str, spelling: str) -> None:
+    res = run_builder(types, [*_flag(spelling, "text", value), "-files=a"])
+    assert params_of(res)["text"] == value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10), _SPELLINGS, st.sampled_from(["", "+", "0", "00"]))
+def test_any_decimal_int_in_range_is_read(number: int, spelling: str, prefix: str) -> None:
+    res = run_builder(types, [*_flag(spelling, "count", f"{prefix}{number}"), "-files=a"])
+    assert params_of(res)["count"] == number
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_TEXT)
+def test_anything_else_is_not_an_int(value: str) -> None:
+    if value.strip("+-").isascii() and value.lstrip("+-").isdigit() and value[:1] != "-":
+        return  # a decimal integer after all: the test above
+    res = run_builder(types, [f"-count={value}", "-files=a"])
+    assert res.exit_code == 2, res.output
+    [line] = error_lines(res)
+    assert line.startswith("types: error: --count")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.text(st.characters(exclude_categories=["Cs", "Cc"]), max_size=10), min_size=1, max_size=5
+    )
+)
+def test_a_repeated_list_flag_keeps_every_value_in_order(values: list[str]) -> None:
+    args = [f"-files={v}" for v in values]
+    assert params_of(run_builder(types, args))["files"] == values
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_TEXT, _TEXT)
+def test_a_non_list_param_given_twice_is_refused_whatever_the_values(a: str, b: str) -> None:
+    res = run_builder(types, [f"-text={a}", f"--text={b}", "-files=x"])
+    assert res.exit_code == 2
+    assert error_lines(res) == ["types: error: --text is given 2 times; it takes one value"]
