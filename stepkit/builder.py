@@ -338,10 +338,12 @@ class _Runtime:
         can_exec: bool,
     ) -> None:
         self.builder = builder
-        self.lock = threading.Lock()
+        # Re-entrant: the signal handler runs in the main thread, which may hold it already.
+        self.lock = threading.RLock()
         self.results: dict[str, str] = {}
         self.children: set[subprocess.Popen[bytes]] = set()
         self.signalled: int | None = None
+        self.starting = 0  # run() calls between starting a program and registering it
         self.finishing = False
         self.debug = False
         self.can_exec = can_exec
@@ -413,8 +415,8 @@ class _Runtime:
             if self.signalled is None:
                 self.signalled = signum
         if not children:
-            if self.finishing:
-                return
+            if self.finishing or self.starting:
+                return  # noted: the results are written, or the program just started gets it
             raise _Interrupted(self.signalled or signum)
         # The first signal is passed on for the program to stop cleanly; a second one means
         # "now": the whole process group is killed.
@@ -535,6 +537,17 @@ def _child_env(env: Mapping[str, str | None] | None) -> dict[str, str]:
     return out
 
 
+def _not_executable(program: str, reason: str) -> CommandError:
+    error = CommandError(
+        f"cannot run {program!r}: {reason}",
+        argv=[program],
+        returncode=EXIT_NOT_EXECUTABLE,
+        output="",
+    )
+    error.exit_code = EXIT_NOT_EXECUTABLE
+    return error
+
+
 def _not_found(program: str) -> CommandError:
     error = CommandError(
         f"cannot run {program!r}: not found", argv=[program], returncode=EXIT_NOT_FOUND, output=""
@@ -579,6 +592,9 @@ def run(
     out_sink = runtime.out_sink if runtime is not None else _stream_sink(sys.stdout)
     err_sink = runtime.err_sink if runtime is not None else _stream_sink(sys.stderr)
     captured = bytearray()
+    if runtime is not None:
+        with runtime.lock:
+            runtime.starting += 1
     try:
         proc = subprocess.Popen(
             args,
@@ -589,27 +605,31 @@ def run(
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: signals reach its children too
         )
-    except FileNotFoundError:
-        error = _not_found(args[0])
-        if check:
-            raise error from None
-        logger.error("%s", error.message)
-        return CommandResult(masked, EXIT_NOT_FOUND)
-    except PermissionError:
-        error = CommandError(
-            f"cannot run {args[0]!r}: permission denied",
-            argv=[shown],
-            returncode=EXIT_NOT_EXECUTABLE,
-            output="",
-        )
-        error.exit_code = EXIT_NOT_EXECUTABLE
-        if check:
-            raise error from None
-        logger.error("%s", error.message)
-        return CommandResult(masked, EXIT_NOT_EXECUTABLE)
+    except BaseException as exc:
+        if runtime is not None:
+            with runtime.lock:
+                runtime.starting -= 1
+            if runtime.signalled is not None:
+                raise _Interrupted(runtime.signalled) from None
+        if isinstance(exc, FileNotFoundError | PermissionError):
+            missing = isinstance(exc, FileNotFoundError)
+            code = EXIT_NOT_FOUND if missing else EXIT_NOT_EXECUTABLE
+            error = (
+                _not_found(args[0]) if missing else _not_executable(args[0], "permission denied")
+            )
+            if check:
+                raise error from None
+            logger.error("%s", error.message)
+            return CommandResult(masked, code)
+        raise
     if runtime is not None:
         with runtime.lock:
             runtime.children.add(proc)
+            runtime.starting -= 1
+            pending = runtime.signalled
+        if pending is not None:  # it came while the program was starting: pass it on now
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, pending)
     try:
         timed_out = _relay(
             proc,
@@ -743,14 +763,7 @@ def exec_tool(
     try:
         os.execve(program, args, environ)  # noqa: S606 -- the point: the tool takes over
     except OSError as exc:
-        error = CommandError(
-            f"cannot run {args[0]!r}: {exc.strerror}",
-            argv=[_shown(args)],
-            returncode=EXIT_NOT_EXECUTABLE,
-            output="",
-        )
-        error.exit_code = EXIT_NOT_EXECUTABLE
-        raise error from None
+        raise _not_executable(args[0], exc.strerror or "cannot execute") from None
 
 
 # -- the builder ----------------------------------------------------------------------------

@@ -126,6 +126,11 @@ def actions(ctx: Context) -> int | None:
         run(_child("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
     if action == "missing":
         run(["no-such-program-stepkit", "--flag"])
+    if action == "not-executable":
+        script = ctx.workspace / "script.sh"
+        script.write_text("#!/bin/sh\necho hi\n")
+        script.chmod(0o644)
+        run([str(script)])
     if action == "missing-unchecked":
         ctx.set_result("other", str(run(["no-such-program-stepkit"], check=False).returncode))
     if action == "print":
