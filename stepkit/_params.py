@@ -115,6 +115,8 @@ class Param:
                 f"Param name {self.name!r}: letters, digits, '-', '_' and '.', starting with a "
                 f"letter, and none of {', '.join(sorted(RESERVED))}"
             )
+        if self.attr == "as_dict":  # ctx.params.as_dict() is taken
+            raise ValueError(f"Param name {self.name!r} is taken by ctx.params.as_dict()")
         if self.type not in TYPES:
             raise TypeError(
                 f"Param {self.name!r}: type must be one of str, int, float, bool, "

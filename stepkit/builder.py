@@ -829,7 +829,31 @@ class Builder:
                     **extra,
                 )
             )
-        command = GoCommand(
+
+        class BuilderCommand(GoCommand):
+            def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+                # click reads `-v=x` of a one-letter option as the value "=x"; Go reads "x".
+                short = {f"-{p.name}" for p in params if len(p.name) == 1}
+                takes_value = {
+                    name
+                    for option in self.get_params(ctx)
+                    if isinstance(option, click.Option)
+                    and not option.is_flag
+                    and not getattr(option, "_flag_needs_value", False)
+                    for name in option.opts
+                }
+                out: list[str] = []
+                value_next = False
+                for arg in args:
+                    name = arg.split("=", 1)[0]
+                    if not value_next and name in short and "=" in arg:
+                        arg = "-" + arg
+                    value_next = not value_next and "=" not in arg and name in takes_value
+                    out.append(arg)
+                return super().parse_args(ctx, out)
+
+        params = self.params
+        command = BuilderCommand(
             prog_name or self.name,
             callback=callback,
             params=options,

@@ -640,3 +640,13 @@ def test_a_non_list_param_given_twice_is_refused_whatever_the_values(a: str, b: 
     res = run_builder(types, [f"-text={a}", f"--text={b}", "-files=x"])
     assert res.exit_code == 2
     assert error_lines(res) == ["types: error: --text is given 2 times; it takes one value"]
+
+
+def test_one_letter_flags_read_as_go_reads_them() -> None:
+    @builder(name="one", params=[Param("v", default="d"), Param("text", default="")])
+    def one(ctx: Context) -> None:
+        print(f"{ctx.params.v}|{ctx.params.text}")
+
+    for args in (["-v=x"], ["-v", "x"], ["--v=x"], ["--v", "x"]):
+        assert run_builder(one, args).stdout == "x|\n", args
+    assert run_builder(one, ["-text", "-v=x"]).stdout == "d|-v=x\n", "a value stays a value"
