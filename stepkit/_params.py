@@ -10,6 +10,7 @@ import builtins
 import math
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,7 +351,13 @@ def _secret_value(value: str, source: Source) -> str:
     elif value.startswith("@"):
         name = value[1:]
         try:
-            with open(name, "rb") as handle:
+            # O_NONBLOCK: a FIFO or a terminal named here must not hang the builder.
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise InputError(
+                        f"{source}: the secret file {shown(name)} is not a regular file"
+                    )
                 data = handle.read(MAX_SECRET_FILE + 1)
         except OSError as exc:
             raise InputError(

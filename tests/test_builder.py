@@ -118,6 +118,15 @@ def test_go_false_words(word: str) -> None:
     assert params_of(run_builder(types, [f"-push={word}", "-files=a"]))["push"] is False
 
 
+def _fifo_secret(ws: Path) -> list[str]:
+    os.mkfifo(ws / "fifo")
+    return [f"-token=@{ws / 'fifo'}"]
+
+
+def _directory_secret(ws: Path) -> list[str]:
+    return [f"-token=@{ws}"]
+
+
 def _escape_link(ws: Path) -> list[str]:
     (ws / "link").symlink_to("/etc")
     return ["-src=link/passwd"]
@@ -139,6 +148,8 @@ BAD_INPUT = [
     (["-src=../outside"], "--src: '../outside' is outside the workspace"),
     (["-src=/etc"], "--src: '/etc' is outside the workspace"),
     ("escape-link", "--src: 'link/passwd' is outside the workspace"),
+    ("fifo-secret", "is not a regular file"),
+    ("directory-secret", "Is a directory"),
     (["-token=@/nonexistent/token"], "--token: cannot read the secret file '/nonexistent/token'"),
     (["unexpected"], "unexpected extra argument"),
 ]
@@ -150,7 +161,12 @@ def test_bad_input_exits_2_with_one_line_and_runs_nothing(
 ) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    argv = _escape_link(ws) if args == "escape-link" else list(args)
+    planted = {
+        "escape-link": _escape_link,
+        "fifo-secret": _fifo_secret,
+        "directory-secret": _directory_secret,
+    }
+    argv = planted[args](ws) if isinstance(args, str) else list(args)
     res = run_builder(types, [*argv, "-files=a"], workspace=ws)
     assert res.exit_code == 2, res.output
     [line] = error_lines(res)
