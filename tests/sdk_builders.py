@@ -177,6 +177,10 @@ def actions(ctx: Context) -> int | None:
             capture=True,
         )
         ctx.set_result("other", result.stdout.strip())
+    if action == "background":
+        # The program leaves a process behind that holds its stdout and stderr open.
+        result = run(["sh", "-c", "sleep 60 & echo $!"], capture=True)
+        ctx.set_result("other", result.stdout.strip())
     if action == "undeclared":
         ctx.set_result("nope", "x")
     if action == "big":

@@ -394,6 +394,16 @@ def test_unchecked_runs_return_the_exit_code() -> None:
     assert "cannot run 'no-such-program-stepkit': not found" in res.stderr
 
 
+def test_a_process_left_behind_does_not_hold_the_builder() -> None:
+    res = run_builder(actions, ["-action=background"])
+    assert res.exit_code == 0, res.output
+    pid = int(res.results["other"])
+    try:
+        os.kill(pid, 0)  # still running: run() returned without waiting for it
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_programs_run_in_the_workspace_with_the_environment_given(tmp_path: Path) -> None:
     res = run_builder(actions, ["-action=cwd"], workspace=tmp_path)
     assert res.results["other"] == str(tmp_path)
