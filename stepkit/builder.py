@@ -588,6 +588,10 @@ def run(
     shown = _shown(args)
     masked = [secret.redact(a) for a in args]
     logger.info("$ %s", shown)
+    if runtime is not None:
+        # What the builder printed without a newline goes out before the program's output.
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
     workdir = cwd if cwd is not None else (runtime.workspace if runtime is not None else None)
     out_sink = runtime.out_sink if runtime is not None else _stream_sink(sys.stdout)
     err_sink = runtime.err_sink if runtime is not None else _stream_sink(sys.stderr)

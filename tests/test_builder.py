@@ -676,3 +676,12 @@ def test_one_letter_flags_read_as_go_reads_them() -> None:
     for args in (["-v=x"], ["-v", "x"], ["--v=x"], ["--v", "x"]):
         assert run_builder(one, args).stdout == "x|\n", args
     assert run_builder(one, ["-text", "-v=x"]).stdout == "d|-v=x\n", "a value stays a value"
+
+
+def test_what_the_builder_printed_comes_before_the_programs_output() -> None:
+    @builder(name="order")
+    def order(ctx: Context) -> None:
+        print("step: ", end="")
+        run([sys.executable, "-c", "print('tool output')"])
+
+    assert run_builder(order).stdout == "step: tool output\n"
