@@ -147,6 +147,7 @@ BAD_INPUT = [
     (["-labels=a=1", "-labels=a=2"], "--labels: key 'a' is given twice"),
     (["-src=../outside"], "--src: '../outside' is outside the workspace"),
     (["-src=/etc"], "--src: '/etc' is outside the workspace"),
+    (["-src=a\x1b]0;title\x07"], "--src: control characters in 'a\\x1b]0;title\\x07'"),
     ("escape-link", "--src: 'link/passwd' is outside the workspace"),
     ("fifo-secret", "is not a regular file"),
     ("directory-secret", "Is a directory"),
