@@ -26,8 +26,8 @@ What the function gets (SPEC §6.2):
 - Results, written when the builder ends, on failure too: to the termination message
   (merged with what is there, at most 4096 bytes), to `--results-dir` (`STEPKIT_RESULTS_DIR`)
   and to Tekton's `/tekton/results` when it exists; exact bytes, no newline added.
-- Masking: every secret param and every value given to `mask()` -- and their base64 and
-  percent-encoded forms, and each line of a multi-line value -- is replaced by `***` in
+- Masking: every secret param and every value given to `mask()` -- and their base64,
+  percent-encoded and JSON forms, and each line of a multi-line value -- is replaced by `***` in
   what the builder prints, in its log lines (text or JSON), in error messages and
   `--debug` tracebacks, and in the output of the programs `run()` starts, even when a pipe
   cuts a secret in two. Values shorter than 4 characters are not masked: they would hide

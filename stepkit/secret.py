@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 from urllib.parse import quote, quote_plus
@@ -25,6 +26,10 @@ def _forms(value: str) -> set[str]:
         return set()
     raw = value.encode("utf-8", "surrogateescape")
     forms = {value, quote(value, safe=""), quote(value), quote_plus(value, safe="")}
+    # As a JSON string holds it (tools print JSON): quotes, backslashes, controls and, by
+    # default, every non-ASCII character escaped.
+    forms.add(json.dumps(value)[1:-1])
+    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         # Unpadded too (JWTs, URLs drop the '='); the padded form contains it.
         forms.add(encoded.decode("ascii").rstrip("="))

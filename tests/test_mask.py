@@ -4,6 +4,7 @@ secret survives, whatever way the output is cut into pieces."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -36,6 +37,13 @@ def test_values_shorter_than_four_characters_are_not_masked() -> None:
     assert secret.redact("abc abcd") == "abc abcd"
     secret.register("abcd")
     assert secret.redact("abc abcd") == "abc ***"
+
+
+def test_a_value_as_a_json_string_holds_it() -> None:
+    value = 'p\u00e9ss "quoted" \\ word'
+    secret.register(value)
+    for text in (json.dumps({"password": value}), json.dumps({"p": value}, ensure_ascii=False)):
+        assert secret.redact(text).count("***") == 1, text
 
 
 def test_encoded_forms_and_each_line_of_a_multi_line_value() -> None:
