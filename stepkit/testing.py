@@ -17,6 +17,7 @@ the `docker` or `podman` command.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
@@ -77,6 +78,28 @@ class BuilderRun:
 
     def __iter__(self) -> Iterator[object]:
         return iter((self.exit_code, self.results, self.output, self.paths))
+
+
+_roots: list[Path] = []
+
+
+def _new_root(prefix: str, parent: Path | None) -> Path:
+    """A directory for one run: in parent when given (pytest's tmp_path), else a temporary
+    one removed when the interpreter exits (the test may look at it until then)."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    if not _roots:
+        atexit.register(_remove_roots)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    _roots.append(root)
+    return root
+
+
+def _remove_roots() -> None:
+    for root in _roots:
+        shutil.rmtree(root, ignore_errors=True)
+    _roots.clear()
 
 
 def read_termination(path: Path) -> dict[str, str]:
@@ -145,6 +168,7 @@ def run_builder(
     workspace: Path | None = None,
     home: Path | None = None,
     tekton: bool = False,
+    root: Path | None = None,
 ) -> BuilderRun:
     """Run builder b in this process as a pod would run it, and return what it did.
 
@@ -153,13 +177,14 @@ def run_builder(
     leak in). secrets: {param name: value} for secret params, written to files in the
     secrets directory and handed over as `@FILE` through the param's first environment
     variable. workspace and home: directories to use instead of new empty ones. tekton:
-    also give the builder a Tekton results directory (`paths.tekton_results`).
+    also give the builder a Tekton results directory (`paths.tekton_results`). root: where to
+    make the run's directories (pytest's tmp_path, say); by default a temporary directory
+    removed when the interpreter exits.
 
     A builder that calls exec_tool() has the program run as with run(check=False) instead
-    (this process can't be replaced). The temporary directories stay for the test to look
-    at; pytest's tmp_path is the place to pass as workspace/home for clean-up.
+    (this process can't be replaced).
     """
-    root = Path(tempfile.mkdtemp(prefix=f"stepkit-{b.name}-"))
+    root = _new_root(f"stepkit-{b.name}-", root)
     paths = _layout(root, workspace, home, tekton, 0o700)
     files = _write_secrets(paths, secrets or {}, 0o600)
     saved_env = dict(os.environ)
@@ -267,6 +292,7 @@ def run_image(
     entrypoint: Sequence[str] | None = None,
     read_only: bool = True,
     timeout: float = 600,
+    root: Path | None = None,
 ) -> ImageRun:
     """Run image as a Knative or Tekton step: the entrypoint with args, in /workspace, HOME=/builder/home.
 
@@ -278,9 +304,10 @@ def run_image(
     `ENV_NAME=@/var/run/stepkit/secrets/<name>`. user: `UID[:GID]` (default: the image's).
     The root filesystem is read-only unless read_only=False, as with
     `readOnlyRootFilesystem: true`. entrypoint replaces the image's, as a pod's `command:`.
+    root: where to make the run's directories, as for run_builder.
     """
     command = engine_command(engine)
-    root = Path(tempfile.mkdtemp(prefix="stepkit-image-"))
+    root = _new_root("stepkit-image-", root)
     root.chmod(0o755)
     paths = _layout(root, workspace, home, tekton, 0o777)
     paths.secrets.chmod(0o755)

@@ -290,7 +290,8 @@ def test_prints_cut_anywhere_never_leak(value: str, cuts: list[int]) -> None:
         for piece in pieces:
             print(piece, end="", flush=True)
 
-    res = run_builder(printer, [f"-token={value}"])
+    literal = "@" + value if value.startswith("@") else value  # @x would name a file
+    res = run_builder(printer, [f"-token={literal}"])
     assert res.exit_code == 0, res.output
     assert res.stdout == "<***>\n"
 
@@ -686,3 +687,25 @@ def test_what_the_builder_printed_comes_before_the_programs_output() -> None:
         run([sys.executable, "-c", "print('tool output')"])
 
     assert run_builder(order).stdout == "step: tool output\n"
+
+
+def test_the_kits_directories_go_where_asked_or_at_exit(tmp_path: Path) -> None:
+    res = run_builder(actions, ["-action=ok"], root=tmp_path)
+    assert res.paths.root.parent == tmp_path and res.paths.workspace.is_dir()
+    code = (
+        "from tests.sdk_builders import actions\n"
+        "from stepkit.testing import run_builder\n"
+        "res = run_builder(actions, ['-action=ok'])\n"
+        "assert res.paths.workspace.is_dir()\n"
+        "print(res.paths.root)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=SCRIPT.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not Path(proc.stdout.strip()).exists(), "removed when the interpreter exited"
