@@ -718,7 +718,8 @@ CASES = [
     # The same for every type, in the ServiceAccount's order: ssh-auth gives -ssh-git;
     # dockerconfigjson and dockercfg need no annotation; an Opaque secret and a basic-auth one
     # without annotations give nothing and are not mounted. Ours: tekton.dev/ annotations count
-    # as build.knative.dev/ ones; an ssh host written https://host is read as host, with a warning.
+    # as build.knative.dev/ ones, a value under both being one flag; an ssh host written
+    # https://host is read as host, with a warning; a Secret listed twice is mounted once.
     Case(
         "secret-types",
         """
@@ -730,6 +731,7 @@ CASES = [
             build.knative.dev/git-0: "github.com"
             build.knative.dev/git-1: "https://gitlab.com/"
             tekton.dev/git-0: "git.example.com:2222"
+            tekton.dev/git-1: "github.com"
         type: kubernetes.io/ssh-auth
         data: {ssh-privatekey: AAAA}
         ---
@@ -769,6 +771,7 @@ CASES = [
         - {name: plain-basic}
         - {name: legacy}
         - {name: tekton-basic}
+        - {name: regcred}
         ---
         apiVersion: build.knative.dev/v1alpha1
         kind: Build
