@@ -282,7 +282,8 @@ ERRORS = [
             "template: {name: t, arguments: [{name: A, value: a}]}",
             before=TEMPLATE.replace("{name: t}", "{name: t, namespace: other}"),
         ),
-        "BuildTemplate 't' is not in the input (namespace 'default')",
+        "BuildTemplate 't' is not in the input (namespace 'default'); give its YAML with -f; "
+        "the input has one in namespace 'other'",
     ),
     # validateArguments: UnsatisfiedParameter.
     Err(
@@ -427,6 +428,16 @@ ERRORS = [
         "Secret 'creds' (for Build 'b'): metadata.annotations.build.knative.dev/git-0: "
         "'https://h:8443' names an https port",
     ),
+    # Ours: a secret name that is no Kubernetes name (it becomes a path and a flag).
+    Err(
+        "secret-name-traversal",
+        build(
+            f"serviceAccountName: robot\n{STEP}",
+            before=SA.replace("{name: creds}", "{name: ../../x}")
+            + secret("../../x", "{build.knative.dev/git-0: 'https://h'}"),
+        ),
+        "Secret '../../x' (for Build 'b'): metadata.name: '../../x' is not a Kubernetes secret name",
+    ),
     # gitToContainer: ErrMissingField url, revision.
     Err(
         "git-without-url",
@@ -443,6 +454,18 @@ ERRORS = [
         "git-revision-option",
         build(f"source: {{git: {{url: u, revision: --upload-pack=touch /tmp/PWNED}}}}\n{STEP}"),
         "spec.source.git.revision: '--upload-pack=touch /tmp/PWNED' must not start with '-'",
+    ),
+    Err(
+        "git-url-option",
+        build(
+            f"source: {{git: {{url: '--upload-pack=touch /tmp/PWNED', revision: main}}}}\n{STEP}"
+        ),
+        "spec.source.git.url: '--upload-pack=touch /tmp/PWNED' must not start with '-'",
+    ),
+    Err(
+        "git-revision-control-character",
+        build(f'source: {{git: {{url: u, revision: "main\\x1b]0;title\\x07"}}}}\n{STEP}'),
+        "spec.source.git.revision: 'main\\x1b]0;title\\x07' holds a control character",
     ),
     # gcsToContainer: ErrMissingField location; ours: a type gcs-fetcher takes.
     Err(
@@ -485,6 +508,22 @@ ERRORS = [
         "mount-of-undeclared-volume",
         build("steps: [{name: s, image: i, volumeMounts: [{name: cache, mountPath: /c}]}]"),
         "spec.steps[0].volumeMounts[0].name: mounts volume 'cache', which no volume declares",
+    ),
+    # Ours: what the API server checks of the Pod's labels, annotations and nodeSelector.
+    Err(
+        "label-value-invalid",
+        build(STEP).replace("name: b\n", "name: b\n  labels: {team: 'a b'}\n"),
+        "input.yaml:5:12: Build 'b': metadata.labels.team: 'a b' is not a label value",
+    ),
+    Err(
+        "annotation-key-invalid",
+        build(STEP).replace("name: b\n", "name: b\n  annotations: {'bad key': x}\n"),
+        "metadata.annotations.bad key: 'bad key' is not a label or annotation key",
+    ),
+    Err(
+        "node-selector-invalid",
+        build(f"nodeSelector: {{zone: 'eu/west'}}\n{STEP}"),
+        "spec.nodeSelector.zone: 'eu/west' is not a label value",
     ),
     # Reconcile: a cancelled Build runs no Pod.
     Err(
@@ -580,6 +619,7 @@ def test_invalid_input_is_one_line_and_exit_2(err: Err, tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("stepkit pod: error: ")
     assert err.expected in lines[0]
+    assert "\x1b" not in result.stderr
 
 
 def test_error_ids_are_unique() -> None:

@@ -162,6 +162,14 @@ def select(inputs: Inputs, name: str | None) -> list[Build]:
     return builds
 
 
+def _elsewhere(keys: Any, kind_name: tuple[str, ...]) -> str:
+    """A hint when the object asked for is in the input under another namespace."""
+    spaces = sorted(key[-2] for key in keys if key[:-2] + key[-1:] == kind_name)
+    if not spaces:
+        return ""
+    return f"; the input has one in namespace {', '.join(shown(s) for s in spaces)}"
+
+
 def _secrets_of(build: Build, inputs: Inputs) -> list[Secret]:
     """validateSecrets: the ServiceAccount and each Secret it names must exist. The `default`
     account may be left out: with no document it is the one every namespace has, holding no
@@ -175,7 +183,7 @@ def _secrets_of(build: Build, inputs: Inputs) -> list[Secret]:
         raise build.origin.error(
             ("spec", "serviceAccountName"),
             f"ServiceAccount {shown(name)} is not in the input (namespace {shown(ns)}); "
-            "give its YAML with -f",
+            f"give its YAML with -f{_elsewhere(inputs.accounts, (name,))}",
         )
     secrets = []
     for i, secret_name in enumerate(account.secrets):
@@ -184,7 +192,8 @@ def _secrets_of(build: Build, inputs: Inputs) -> list[Secret]:
             raise account.origin.error(
                 ("secrets", i, "name"),
                 f"Secret {shown(secret_name)} is not in the input (namespace {shown(ns)}); give its "
-                "YAML with -f (its type and annotations are enough: no data needed)",
+                "YAML with -f (its type and annotations are enough: no data needed)"
+                + _elsewhere(inputs.secrets, (secret_name,)),
                 build=build.meta.name,
             )
         secrets.append(secret)
@@ -201,7 +210,8 @@ def _template_of(build: Build, inputs: Inputs) -> Template:
         where = "" if ref.kind == CLUSTER_BUILD_TEMPLATE else f" (namespace {shown(ns)})"
         raise build.origin.error(
             ("spec", "template", "name"),
-            f"{ref.kind} {shown(ref.name)} is not in the input{where}; give its YAML with -f",
+            f"{ref.kind} {shown(ref.name)} is not in the input{where}; give its YAML with -f"
+            + _elsewhere(inputs.templates, (ref.kind, ref.name)),
         )
     return template
 

@@ -35,6 +35,9 @@ MAX_NAME_LENGTH = 63
 # A DNS-1123 label: what a Pod's label value and container name need, and what the API
 # server demands of the Build's name anyway.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# apimachinery's label rules: a name part, optionally after a DNS subdomain and '/'; a value.
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # template_common.go: nestedPlaceholderRE.
 NESTED_PLACEHOLDER = re.compile(r"\$\{[^}]+\$")
 CANCELLED = "BuildCancelled"
@@ -139,6 +142,40 @@ def validate_metadata(origin: Origin, name: str, *, build: str | None = None) ->
         )
 
 
+def _label_key_error(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not _DNS_SUBDOMAIN.fullmatch(prefix) or ".." in prefix):
+        return f"the prefix of {shown(key)} is not a DNS subdomain"
+    if not _LABEL_NAME.fullmatch(name):
+        return (
+            f"{shown(key)} is not a label or annotation key (a name of at most 63 letters, digits, "
+            "'-', '_' and '.', starting and ending with a letter or digit, after an optional "
+            "DNS prefix and '/')"
+        )
+    return None
+
+
+def validate_labels(build: Build) -> None:
+    """What the API server checks of the Pod's labels, annotation keys and nodeSelector
+    (apimachinery ValidateLabels, ValidateAnnotations): they come from the Build as written."""
+    origin = build.origin
+    for where, mapping, values in (
+        (("metadata", "labels"), build.meta.labels, True),
+        (("metadata", "annotations"), build.meta.annotations, False),
+        (("spec", "nodeSelector"), build.spec.node_selector, True),
+    ):
+        for key, value in mapping.items():
+            error = _label_key_error(key)
+            if error is not None:
+                raise origin.error((*where, key), error)
+            if values and value and not _LABEL_NAME.fullmatch(value):
+                raise origin.error(
+                    (*where, key),
+                    f"{shown(value)} is not a label value (at most 63 letters, digits, '-', '_' "
+                    "and '.', starting and ending with a letter or digit)",
+                )
+
+
 def validate_build(build: Build) -> None:
     """Build.Validate and BuildSpec.Validate (build_validation.go), after set_defaults.
 
@@ -148,6 +185,7 @@ def validate_build(build: Build) -> None:
     origin = build.origin
     spec = build.spec
     validate_metadata(origin, build.meta.name)
+    validate_labels(build)
     if spec.status == CANCELLED:
         # Reconcile: a cancelled Build gets no Pod.
         raise origin.error(("spec", "status"), f"{CANCELLED}: a cancelled Build runs no Pod")
