@@ -117,6 +117,19 @@ ERRORS = [
         ),
         "input.yaml:8:6: Build 'b': spec.sources[1].name: 'x' names two sources",
     ),
+    # validateSources keys sources by name, so two without a name clash too.
+    Err(
+        "two-unnamed-sources",
+        build(
+            """
+            sources:
+            - {git: {url: u, revision: r}, targetPath: a}
+            - {git: {url: u, revision: r}, targetPath: b}
+            """
+            + STEP
+        ),
+        "input.yaml:8:5: Build 'b': spec.sources[1].name: a second source without a name: name the sources",
+    ),
     # validateSources: ErrMultipleOneOf("subpath").ViaField("sources").
     Err(
         "several-subpaths",

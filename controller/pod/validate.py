@@ -269,9 +269,15 @@ def validate_sources(build: Build) -> None:
             what = "none" if not kinds else " and ".join(kinds)
             raise origin.error(source.path, f"give exactly one of git, gcs and custom, not {what}")
         if source.name in names:
+            # Knative keyed sources by name, the empty one included: of several sources, all
+            # but one need a name.
+            what = (
+                f"{shown(source.name)} names two sources"
+                if source.name
+                else ("a second source without a name: name the sources")
+            )
             raise origin.error(
-                (*source.path, "name"),
-                f"{shown(source.name)} names two sources (Knative: expected exactly one, got both)",
+                (*source.path, "name"), f"{what} (Knative: expected exactly one, got both)"
             )
         names[source.name] = source
         if source.sub_path:
