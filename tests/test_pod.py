@@ -63,7 +63,8 @@ def docs(*parts: str) -> str:
 CASES = [
     # MakePod, pod_test.go "simple": creds-init with no args, one named step, the implicit
     # volumes; annotations copied with sidecar.istio.io/inject "false", labels with buildName;
-    # SetDefaults: serviceAccountName "default" and a 10m timeout.
+    # SetDefaults: serviceAccountName "default" and a 10m timeout; ours: no `default`
+    # ServiceAccount document means no credentials (creds-init without flags).
     Case(
         "simple",
         """
