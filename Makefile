@@ -44,7 +44,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,gcs,oci]'
+	$(BIN)/python -m pip install -q -e '.[test,gcs,oci,kube]'
 	@touch $@
 
 venv: $(VENV)/.installed

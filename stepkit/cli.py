@@ -43,6 +43,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Extract files from a container image in a registry into the workspace.",
     ),
+    "pod": (
+        "controller.pod.cli",
+        "command",
+        "Print the Pod Knative Build's controller made for a Build (kubectl apply runs it).",
+    ),
     "gcs-uploader": (
         "builders.gcsupload.cli",
         "command",

@@ -36,13 +36,14 @@ def _snapshot(home: Path) -> dict[str, float]:
     return seen
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _guard_real_home() -> Iterator[None]:
-    """Fail the run if any test wrote credentials into the developer's real HOME."""
+    """Fail the test that wrote credentials into the developer's real HOME (checked per test,
+    so the failure names the culprit)."""
     before = _snapshot(REAL_HOME)
     yield
     after = _snapshot(REAL_HOME)
-    assert after == before, f"a test changed credential files in the real HOME {REAL_HOME}"
+    assert after == before, f"this test changed credential files in the real HOME {REAL_HOME}"
 
 
 @pytest.fixture(autouse=True)

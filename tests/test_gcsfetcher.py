@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -15,15 +16,17 @@ import subprocess
 import tarfile
 import time
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from stepkit import gcsmanifest
 from stepkit.gcs import Location
 from tests.conftest import STEPKIT, Run, run_stepkit
-from tests.gcspeers import FakeGcs, GcsFaultProxy, OversizedGcs, PyGcsEmulator
+from tests.gcspeers import FakeGcs, Gate, GcsFaultProxy, OversizedGcs, PyGcsEmulator
 
 _buckets = itertools.count()
 
@@ -597,6 +600,113 @@ def test_keep_source_keeps_the_archive(gcs: FakeGcs, bucket: str, dest: Path) ->
     assert result.returncode == 0, result.output
     kept = list((dest / ".download").glob("*/source.zip"))
     assert [p.read_bytes() for p in kept] == [data]
+
+
+def staging_dirs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("stepkit-gcs-*")) if folder.is_dir() else []
+
+
+class Held(NamedTuple):
+    proc: subprocess.Popen[str]
+    gate: Gate
+
+
+@contextlib.contextmanager
+def held_fetch(gcs_proxy: GcsFaultProxy, bucket: str, dest: Path, *args: str) -> Iterator[Held]:
+    """gcs-fetcher of gs://bucket/src.zip into dest, its download held by the proxy (the
+    staging directory made, nothing downloaded) until gate.release(); killed at the end if
+    it is still running."""
+    gate = gcs_proxy.hold("o/src.zip?alt=media")
+    proc = subprocess.Popen(
+        [STEPKIT, "gcs-fetcher", "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+         f"-dest_dir={dest}", *args],
+        env={**os.environ, **gcs_proxy.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert gate.arrived.wait(30), "the fetcher never asked for the archive"
+        yield Held(proc, gate)
+    finally:
+        gate.release()
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
+def test_staging_left_by_a_sigkilled_run_is_removed_by_the_next(
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    (dest / "keep").write_text("mine\n")
+    gcs.put(bucket, "src.zip", make_zip({"old": b"1"}))
+    with held_fetch(gcs_proxy, bucket, dest) as (proc, _):
+        dead = staging_dirs(dest / ".download")
+        assert len(dead) == 1
+        # SIGKILL (an OOM kill, a node lost): no handler runs, the staging stays behind.
+        proc.kill()
+        proc.wait(timeout=30)
+    assert staging_dirs(dest / ".download") == dead
+    gcs.put(bucket, "new.zip", make_zip({"new": b"2"}))
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/new.zip",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert "left by an earlier run" in result.stderr
+    # The dead run's staging directory and the .download folder it made are gone.
+    assert tree(dest) == {"keep": "mine\n", "new": "2"}
+
+
+def test_staging_of_a_live_run_survives_another_run(
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
+) -> None:
+    gcs.put(bucket, "src.zip", make_zip({"held": b"1"}))
+    gcs.put(bucket, "other.zip", make_zip({"other": b"2"}))
+    with held_fetch(gcs_proxy, bucket, dest) as (proc, gate):
+        live = staging_dirs(dest / ".download")
+        assert len(live) == 1
+        result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/other.zip",
+                       f"-dest_dir={dest}")  # fmt: skip
+        assert result.returncode == 0, result.output
+        assert "left by an earlier run" not in result.stderr
+        assert proc.poll() is None, "the held run died"
+        assert staging_dirs(dest / ".download") == live
+        # Released, the held run finishes and removes its own staging and the folder.
+        gate.release()
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout + stderr
+    assert tree(dest) == {"held": "1", "other": "2"}
+
+
+def test_staging_of_a_killed_run_in_a_custom_folder_is_removed(
+    gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path, tmp_path: Path
+) -> None:
+    staging = tmp_path / "stage"
+    staging.mkdir()
+    (staging / "mine").write_text("not ours\n")
+    gcs.put(bucket, "src.zip", make_zip({"old": b"1"}))
+    with held_fetch(gcs_proxy, bucket, dest, f"-staging_folder={staging}") as (proc, _):
+        assert len(staging_dirs(staging)) == 1
+        proc.kill()
+        proc.wait(timeout=30)
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+                   f"-dest_dir={dest}", f"-staging_folder={staging}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert tree(staging) == {"mine": "not ours\n"}
+    assert tree(dest) == {"old": "1"}
+
+
+def test_kept_source_survives_the_next_run(gcs: FakeGcs, bucket: str, dest: Path) -> None:
+    data = make_zip({"f": b"x"})
+    gcs.put(bucket, "src.zip", data)
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+                   f"-dest_dir={dest}", "-keep_source")  # fmt: skip
+    assert result.returncode == 0, result.output
+    kept = list((dest / ".download").glob("*/source.zip"))
+    assert len(kept) == 1
+    result = fetch(gcs.env, "-type=ZipArchive", f"-location=gs://{bucket}/src.zip",
+                   f"-dest_dir={dest}")  # fmt: skip
+    assert result.returncode == 0, result.output
+    assert "left by an earlier run" not in result.stderr
+    assert list((dest / ".download").glob("*/source.zip")) == kept
+    assert kept[0].read_bytes() == data
 
 
 def test_custom_staging_folder_removed_on_failure(

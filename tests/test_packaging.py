@@ -43,3 +43,8 @@ def test_the_wheel_builds_without_warnings(tmp_path: Path) -> None:
         (metadata,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
         text = zf.read(metadata).decode()
     assert "License-Expression: Apache-2.0" in text.splitlines()
+    # stepkit pod's package, with its type marker, and the extra that brings PyYAML.
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert {"controller/py.typed", "controller/pod/cli.py"} <= names
+    assert "Provides-Extra: kube" in text.splitlines()

@@ -7,10 +7,8 @@ import hashlib
 import logging
 import os
 import queue
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -23,10 +21,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from initializers.gcs.spec import FetchSpec, check_bucket
+from initializers.gcs.spec import DEFAULT_STAGING, FetchSpec, check_bucket
 from stepkit import gcsmanifest
 from stepkit.errors import DeniedError, InputError, StepkitError
 from stepkit.gcs import GcsClient, Location, TransientError, parse_goog_hash
+from stepkit.staging import remove_tree, staging_dir
 from stepkit.validate import shown
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,7 @@ RANGE_STREAMS = 8
 # How long an interrupted or failed fetch waits for its workers to notice before cleaning up.
 SHUTDOWN_WAIT = 2.0
 _STARS = "*" * 54
+STAGING_PREFIX = "stepkit-gcs-"
 
 
 class DigestError(StepkitError):
@@ -787,33 +787,25 @@ def _pinned(loc: Location, meta: dict[str, Any]) -> Location:
 
 @contextmanager
 def _staging(spec: FetchSpec) -> Iterator[Path]:
-    """A private directory under the staging folder; removed on every exit (the source kept on request)."""
-    created: list[Path] = []
-    missing = spec.staging
-    while not missing.exists():
-        created.append(missing)
-        missing = missing.parent
-    try:
-        spec.staging.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="stepkit-gcs-", dir=spec.staging))
-    except OSError as exc:
-        raise StepkitError(
-            f"--staging_folder: cannot create {shown(str(spec.staging))}: {exc.strerror}"
-        ) from None
-    try:
-        yield work
-    finally:
-        if spec.keep_source:
-            for name in ("tree", "objects"):
-                shutil.rmtree(work / name, ignore_errors=True)
-            log.info("kept the source in %s (--keep_source)", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-            for path in created:  # deepest first
-                try:
-                    path.rmdir()
-                except OSError:
-                    break
+    """A private directory under the staging folder, removed on every exit (the source kept on
+    request); one a killed run left is removed by the next run."""
+    with staging_dir(
+        spec.staging,
+        STAGING_PREFIX,
+        flag="--staging_folder",
+        create_parent=True,
+        # The default folder is gcs-fetcher's own (the reference removes it whole): it goes
+        # when empty, also when a killed run made it.
+        remove_empty_parent=spec.staging == spec.dest / DEFAULT_STAGING,
+    ) as staging:
+        try:
+            yield staging.path
+        finally:
+            if spec.keep_source:
+                for name in ("tree", "objects"):
+                    remove_tree(staging.path / name)
+                staging.keep()
+                log.info("kept the source in %s (--keep_source)", staging.path)
 
 
 def run(spec: FetchSpec) -> int:

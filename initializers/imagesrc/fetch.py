@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import re
-import shutil
 import stat
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from initializers.imagesrc.spec import ImageSpec
-from stepkit.errors import DeniedError, StepkitError
+from stepkit.errors import StepkitError
+from stepkit.staging import staging_dir
 from stepkit.validate import shown
 
 log = logging.getLogger(__name__)
@@ -26,12 +22,6 @@ log = logging.getLogger(__name__)
 # A progress line this often during long work; STEPKIT_IMAGE_PROGRESS_SECONDS overrides it.
 PROGRESS_SECONDS = 5.0
 STAGING_PREFIX = ".stepkit-image-"
-# What tempfile.mkdtemp names a staging directory: the prefix and 8 of its characters.
-_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
-# Held (flock) by the run that owns the staging directory for as long as it lives: the kernel
-# lets go of it when the process dies, SIGKILL included, so a lock that can be taken marks a
-# dead run's leftovers. It only ever appears under this name already locked.
-_LOCK = ".lock"
 _MIB = 1 << 20
 
 
@@ -98,22 +88,6 @@ def _progress_interval() -> float:
     return value if value > 0 else PROGRESS_SECONDS
 
 
-def _remove_tree(path: Path) -> None:
-    """Remove staging whatever the image's modes made of it (a 0555 directory blocks rmtree)."""
-
-    def retry(func: Callable[..., Any], name: str, _exc: Any) -> None:
-        parent = os.path.dirname(name)
-        try:
-            os.chmod(parent, stat.S_IRWXU)
-            if func is not os.rmdir and os.path.isdir(name) and not os.path.islink(name):
-                os.chmod(name, stat.S_IRWXU)
-            func(name)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=retry)
-
-
 def _staging_parent(dest: Path) -> Path:
     """Where the private staging directory goes: inside dest when it exists, so every rename
     into place stays on one filesystem (the workspace is usually a mount of its own); else
@@ -124,120 +98,11 @@ def _staging_parent(dest: Path) -> Path:
     return parent
 
 
-def _lock_staging(work: Path) -> int | None:
-    """Lock a new staging directory as this run's; the descriptor holds the lock until closed.
-
-    None where the filesystem has no locks (an NFS mount with nolock): the run goes on, and
-    its staging, having no lock file, is one a later run leaves alone.
-    """
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(work / f"{_LOCK}.new", flags, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            log.warning(
-                "cannot lock the staging directory %s (%s): if this run is killed, "
-                "a later one will not remove it",
-                work,
-                exc.strerror,
-            )
-            os.close(fd)
-            return None
-        # Renamed only once locked: another run never finds the lock free while we live.
-        os.rename(work / f"{_LOCK}.new", work / _LOCK)
-    except BaseException:
-        with suppress(OSError):
-            os.close(fd)
-        raise
-    return fd
-
-
-def _remove_dead_staging(parent: Path) -> None:
-    """Remove the staging directories in parent that runs killed before they could (SIGKILL,
-    an OOM kill, a node lost): ours by name, owner and lock file, whose lock nobody holds.
-
-    Nothing else is touched: not a symlink, a file or another user's directory named like
-    staging, not one without its lock file, and never a live run's (its lock is held).
-    """
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return
-    me = os.geteuid()
-    for name in names:
-        if not _STAGING_NAME.fullmatch(name):
-            continue
-        path = parent / name
-        try:
-            seen = os.lstat(path)
-            if not stat.S_ISDIR(seen.st_mode) or seen.st_uid != me:
-                continue
-            dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            opened = os.fstat(dfd)
-            if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
-                continue
-            lock_flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            try:
-                lfd = os.open(_LOCK, lock_flags, dir_fd=dfd)
-            except OSError:
-                continue  # no lock file (or a symlink in its place): nothing says it is ours
-            try:
-                lock = os.fstat(lfd)
-                if not stat.S_ISREG(lock.st_mode) or lock.st_uid != me:
-                    continue
-                try:
-                    fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # a live run holds it
-                now = os.lstat(path)
-                if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
-                    continue
-                _remove_tree(path)
-            finally:
-                os.close(lfd)
-        except OSError:
-            continue
-        finally:
-            os.close(dfd)
-        if os.path.lexists(path):
-            log.warning("could not remove all of %s, left by an earlier run", path)
-        else:
-            log.warning("removed %s, the staging directory left by an earlier run", path)
-
-
 @contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
-    """A private directory removed on every exit, Ctrl-C and SIGTERM included; one that a
-    killed run could not remove is removed by the next run (see _remove_dead_staging)."""
-    parent = _staging_parent(dest)
-    _remove_dead_staging(parent)
-    try:
-        work = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
-    except PermissionError as exc:
-        raise DeniedError(
-            f"--dest_dir: cannot create a staging directory in {shown(str(parent))}: {exc.strerror}"
-        ) from None
-    except OSError as exc:
-        raise StepkitError(
-            f"--dest_dir: cannot create a staging directory in {shown(str(parent))}: {exc.strerror}"
-        ) from None
-    try:
-        lock = _lock_staging(work)
-    except OSError as exc:
-        _remove_tree(work)
-        raise StepkitError(f"cannot lock the staging directory {work}: {exc.strerror}") from None
-    try:
-        yield work
-    finally:
-        try:
-            _remove_tree(work)
-        finally:
-            if lock is not None:
-                os.close(lock)
+    """A private directory removed on every exit; one a killed run left is removed by the next."""
+    with staging_dir(_staging_parent(dest), STAGING_PREFIX, flag="--dest_dir") as staging:
+        yield staging.path
 
 
 def _count(root: Path) -> tuple[int, int]:

@@ -1,0 +1,1 @@
+"""`stepkit pod`: Knative Builds, BuildTemplates and ClusterBuildTemplates turned into the Pods its controller made."""
