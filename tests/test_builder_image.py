@@ -3,9 +3,11 @@ run as a Knative and as a Tekton step under the pod contract (SPEC §6.3).
 
 The image is built with buildah FROM the stepkit-base this tree builds (tests/images.py), then
 run as tests/test_images.py runs the helpers: read-only root, /workspace and /builder/home
-mounted, as UID 65532 and as an arbitrary UID without a passwd entry. The step's arguments are
-the ones build.yaml and task.yaml give, read from those files. stepkit.testing.run_image is run
-too, through podman (with the runc shim this machine needs, TESTING.md "Running containers").
+mounted, as UID 65532 and as an arbitrary UID without a passwd entry. The Knative step is the
+container `stepkit pod` makes of build.yaml (Knative's controller logic: the template's
+parameters substituted, the Secret volume mounted); the Tekton step is task.yaml's, with the
+TaskRun's params substituted as Tekton does. stepkit.testing.run_image is run too, through
+podman (with the runc shim this machine needs, TESTING.md "Running containers").
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from stepkit import __version__
 from stepkit.testing import assert_no_secret, run_image
+from tests.conftest import STEPKIT
 from tests.images import buildah, emptydir, ensure_images, image_config
 from tests.images import run_image as run_in_pod
 
@@ -31,24 +36,37 @@ TOKEN = "s3cret-api-token"
 USERS = ["65532:65532", "1000630000:0"]
 
 
-def step_args(yaml_file: Path, substitutions: dict[str, str]) -> list[str]:
-    """The `args:` list of the one step in yaml_file, with the controller's substitutions made.
+def knative_step() -> dict[str, Any]:
+    """The builder's container in the Pod `stepkit pod` makes of build.yaml's Build."""
+    proc = subprocess.run(
+        [STEPKIT, "pod", "-f", str(EXAMPLE / "build.yaml"), "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    pod = json.loads(proc.stdout)
+    [step] = [c for c in pod["spec"]["initContainers"] if c["name"] == "build-step-hello"]
+    assert {"name": "hello-token", "secret": {"secretName": "hello-token"}} in pod["spec"][
+        "volumes"
+    ]
+    step_: dict[str, Any] = step
+    return step_
 
-    A plain reading of the block list these example files use (no YAML library needed)."""
-    lines = yaml_file.read_text().splitlines()
-    start = lines.index("    args:") + 1
-    args = []
-    for line in lines[start:]:
-        match = re.fullmatch(r"    - (.*)", line)
-        if match is None:
-            break
-        args.append(match.group(1))
-    out = []
-    for arg in args:
-        for name, value in substitutions.items():
-            arg = arg.replace(name, value)
-        out.append(arg)
-    return out
+
+def tekton_step() -> tuple[dict[str, Any], list[str]]:
+    """task.yaml's step and its args with the TaskRun's params put in, as Tekton does."""
+    task, run = yaml.safe_load_all((EXAMPLE / "task.yaml").read_text())
+    assert (task["kind"], run["kind"]) == ("Task", "TaskRun")
+    values = {p["name"]: p.get("default", "") for p in task["spec"]["params"]}
+    values.update({p["name"]: p["value"] for p in run["spec"]["params"]})
+    [step] = task["spec"]["steps"]
+    args = [
+        re.sub(r"\$\(params\.([^)]+)\)", lambda m: str(values[m.group(1)]), arg)
+        for arg in step["args"]
+    ]
+    return step, args
 
 
 def test_the_examples_own_tests_pass() -> None:
@@ -125,24 +143,25 @@ def test_as_a_knative_step(hello_image: str, tmp_path: Path, user: str) -> None:
     termination = tmp_path / "termination-log"
     termination.touch()
     termination.chmod(0o666)
-    args = step_args(EXAMPLE / "build.yaml", {"${GREETING}": "hello", "${NAME}": "Knative"})
-    assert args == [
-        "-greeting=hello",
-        "-name=Knative",
-        "-count=2",
-        "-token=@/etc/hello-token/token",
+    step = knative_step()
+    assert step["image"] == "registry.example.com/team/hello-builder:0.1.0"
+    assert {"name": "HOME", "value": "/builder/home"} in step["env"]
+    assert step["workingDir"] == "/workspace"
+    host = {"hello-token": secret_dir, "workspace": workspace, "home": home}
+    mounts = [
+        (host[m["name"]], m["mountPath"], bool(m.get("readOnly")))
+        for m in step["volumeMounts"]
+        if m["name"] not in ("workspace", "home")  # run_in_pod mounts those two itself
     ]
+    assert [m[1] for m in mounts] == ["/etc/hello-token"]
     res = run_in_pod(
         hello_image,
-        args,
+        step["args"],
         workspace=workspace,
         home=home,
         secrets=None,
         user=user,
-        mounts=[
-            (secret_dir, "/etc/hello-token", True),
-            (termination, "/termination-log", False),
-        ],
+        mounts=[*mounts, (termination, "/termination-log", False)],
         env={"STEPKIT_TERMINATION_MESSAGE_PATH": "/termination-log"},
     )
     assert res.returncode == 0, res.stderr
@@ -161,7 +180,8 @@ def test_as_a_knative_step(hello_image: str, tmp_path: Path, user: str) -> None:
         home=home,
         secrets=None,
         user=user,
-        mounts=[(termination, "/dev/termination-log", False)],
+        mounts=[(termination, "/termination-log", False)],
+        env={"STEPKIT_TERMINATION_MESSAGE_PATH": "/termination-log"},
     )
     assert res.returncode == 2
     assert res.stderr.splitlines() == ["hello: error: --count: 'zero' is not an integer"]
@@ -179,9 +199,13 @@ def test_as_a_tekton_step(hello_image: str, tmp_path: Path, user: str) -> None:
     results = emptydir(tekton / "results")
     (tekton / "termination").touch()
     (tekton / "termination").chmod(0o666)
-    args = step_args(EXAMPLE / "task.yaml", {"$(params.name)": "Tekton"})
+    step, args = tekton_step()
     assert args == ["-name=Tekton", "-count=2"]
-    assert "name: STEPKIT_TOKEN" in (EXAMPLE / "task.yaml").read_text()
+    env = {}
+    for item in step["env"]:
+        ref = item["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("hello-token", "token")
+        env[item["name"]] = TOKEN  # the Secret's value, as the kubelet puts it in
     res = run_in_pod(
         hello_image,
         args,
@@ -189,7 +213,7 @@ def test_as_a_tekton_step(hello_image: str, tmp_path: Path, user: str) -> None:
         home=home,
         secrets=None,
         user=user,
-        env={"STEPKIT_TOKEN": TOKEN},
+        env=env,
         mounts=[(tekton, "/tekton", False)],
     )
     assert res.returncode == 0, res.stderr
