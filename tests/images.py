@@ -46,7 +46,10 @@ from stepkit import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 STORAGE_DRIVER = os.environ.get("STORAGE_DRIVER", "vfs")
-IMAGE_REPO = "localhost/stepkit"
+# Where the test images are tagged: `make images-local`'s default, or another repository when
+# several checkouts share one machine's containers storage (each its own, so no checkout's
+# tests run another's images).
+IMAGE_REPO = os.environ.get("STEPKIT_TEST_IMAGE_REPO", "localhost/stepkit")
 HELPERS = ("nop", "creds-init", "git-init", "gcs-fetcher", "image-fetcher")
 POD_WORKSPACE = "/workspace"
 POD_HOME = "/builder/home"
@@ -102,6 +105,7 @@ def ensure_images() -> dict[str, str]:
                 "--no-print-directory",
                 "images-local",
                 f"STORAGE_DRIVER={STORAGE_DRIVER}",
+                f"IMAGE_REPO={IMAGE_REPO}",
             ],
             cwd=ROOT,
             capture_output=True,
