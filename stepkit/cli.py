@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Upload a directory to Google Cloud Storage as objects named by content, and a manifest.",
     ),
+    "run": (
+        "controller.run.cli",
+        "command",
+        "Run a Build on this machine through the Docker Engine API (Docker or podman), as a kubelet would.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.
