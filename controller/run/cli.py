@@ -117,6 +117,16 @@ daemon, an image missing, a timeout); 2 invalid input (nothing run); 130 interru
     "`docker rm -v $(docker ps -aq --filter label=stepkit.run)`.",
 )
 @_option(
+    "ENV",
+    "--env",
+    "extra_env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Add a variable to every container, after its own (as a PodPreset did); repeatable "
+    "(the variable: separated by spaces). E.g. STEPKIT_GIT_ALLOW_HTTP=true for a git server "
+    "on plain http.",
+)
+@_option(
     "COLOR",
     "--color",
     type=click.Choice(["auto", "always", "never"]),
@@ -148,6 +158,7 @@ def command(
     pull: str,
     status_file: Path | None,
     keep: bool,
+    extra_env: tuple[str, ...],
     color: str,
     image_repo: str,
     creds_image: str | None,
@@ -190,6 +201,10 @@ def command(
         for (secret_ns, name), secret in inputs.secrets.items()
         if secret_ns == ns and secret.keys is not None
     }
+    for item in extra_env:
+        name, eq, _value = item.partition("=")
+        if not eq or not name or any(ch.isspace() for ch in name):
+            raise InputError(f"--env: {name!r} is not NAME=VALUE (a name, =, a value)")
     if status_file is not None and not status_file.parent.resolve().is_dir():
         raise InputError(f"--status-file: {status_file.parent}: no such directory")
     if workspace is not None:
@@ -213,7 +228,12 @@ def command(
         ) from None
     colour = color == "always" or (color == "auto" and sys.stdout.isatty())
     settings = Settings(
-        workspace=workspace, network_host=network == "host", pull=pull, keep=keep, colour=colour
+        workspace=workspace,
+        network_host=network == "host",
+        pull=pull,
+        keep=keep,
+        colour=colour,
+        extra_env=extra_env,
     )
     runner = Runner(client, pod, secrets, settings)
     try:

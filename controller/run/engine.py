@@ -94,6 +94,7 @@ class Settings:
     pull: str = "missing"
     keep: bool = False
     colour: bool = False
+    extra_env: tuple[str, ...] = ()  # --env NAME=VALUE, after each container's own
     out: Callable[[str], None] = field(default=lambda text: _write(sys.stdout, text))
     err: Callable[[str], None] = field(default=lambda text: _write(sys.stderr, text))
 
@@ -332,6 +333,7 @@ class Runner:
         path = container.get("terminationMessagePath") or TERMINATION_DEFAULT
         mounts.append(_mount("bind", str(message), path, read_only=False))
         env = [f"{e['name']}={e.get('value', '')}" for e in container.get("env", [])]
+        env.extend(self.settings.extra_env)
         security = container.get("securityContext") or {}
         pod_security = self.pod["spec"].get("securityContext") or {}
         uid = security.get("runAsUser", pod_security.get("runAsUser"))
@@ -504,6 +506,16 @@ class Runner:
             for volume in self._made_volumes:
                 with contextlib.suppress(Exception):
                     volume.remove(force=True)
+            # What an interrupted create made before its answer came: found by the run's label.
+            label = f"{RUN_LABEL}={self.run_id}"
+            with contextlib.suppress(Exception):
+                for made in self.client.containers.list(all=True, filters={"label": label}):
+                    with contextlib.suppress(Exception):
+                        made.remove(force=True)
+            with contextlib.suppress(Exception):
+                for volume in self.client.volumes.list(filters={"label": label}):
+                    with contextlib.suppress(Exception):
+                        volume.remove(force=True)
         else:
             for made in self._made_containers:
                 with contextlib.suppress(Exception):
