@@ -374,3 +374,107 @@ def test_two_builds_at_once_have_their_own_workspace(
     assert second.returncode == 0, err_b
     assert "[mark] seen: alpha" in out_a.splitlines()
     assert "[mark] seen: beta" in out_b.splitlines()
+
+
+SECRET_VALUE = "do-not-show-9931"
+
+
+def _secret(name: str, data: dict[str, str], **annotations: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "annotations": annotations},
+        "type": "kubernetes.io/basic-auth",
+        "stringData": data,
+    }
+
+
+def _account(*secret_names: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "builder"},
+        "secrets": [{"name": n} for n in secret_names],
+    }
+
+
+@pytest.mark.parametrize(
+    ("docs", "expected"),
+    [
+        # A Secret key that would be a path outside the secret's directory.
+        (
+            [
+                _secret(
+                    "evil",
+                    {"username": "u", "password": SECRET_VALUE, "../../PWNED": SECRET_VALUE},
+                    **{"build.knative.dev/git-0": "https://git.example.com"},
+                ),
+                _account("evil"),
+            ],
+            "Secret 'evil': key '../../PWNED' is not a valid key",
+        ),
+        # A basic-auth Secret without the password creds-init reads.
+        (
+            [
+                _secret(
+                    "half",
+                    {"username": SECRET_VALUE},
+                    **{"build.knative.dev/git-0": "https://git.example.com"},
+                ),
+                _account("half"),
+            ],
+            "password",
+        ),
+    ],
+)
+def test_bad_secret_is_one_line_and_nothing_runs(
+    tmp_path: Path, docs: list[dict[str, Any]], expected: str
+) -> None:
+    files = write(
+        tmp_path / "build.yaml",
+        *docs,
+        build(
+            "bad-secret",
+            [{"name": "s", "image": "localhost/never-used:0", "command": ["true"]}],
+            serviceAccountName="builder",
+        ),
+    )
+    # No daemon at all: an invalid Build is refused before one is asked for.
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
+    proc = subprocess.run(
+        [STEPKIT, "run", "-f", str(files)], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert SECRET_VALUE not in proc.stdout + proc.stderr
+    assert not list(tmp_path.parent.glob("PWNED")) and not (tmp_path / "PWNED").exists()
+
+
+def test_no_daemon_is_one_line(tmp_path: Path) -> None:
+    files = write(tmp_path / "b.yaml", build("x", [{"name": "s", "image": "img", "args": ["a"]}]))
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
+    proc = subprocess.run(
+        [STEPKIT, "run", "-f", str(files)], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert "no Docker-compatible daemon answers at unix://" in line
+
+
+def test_missing_image_with_pull_never(
+    service: PodmanService, images: dict[str, str], tmp_path: Path
+) -> None:
+    files = write(
+        tmp_path / "b.yaml",
+        build(
+            "no-image",
+            [{"name": "s", "image": f"{IMAGE_REPO}-not-built:0.0.0", "command": ["true"]}],
+        ),
+    )
+    proc = stepkit_run(service, "-f", str(files), "--pull", "never")
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert f"image {IMAGE_REPO}-not-built:0.0.0 is not on the daemon and --pull is never" in line
+    assert left_behind(service, "no-image") == ([], [])

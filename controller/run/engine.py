@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets as pyrandom
 import shutil
 import sys
@@ -45,6 +46,7 @@ _SANDBOX_SCRIPT = (
     "    os.chmod(p, 0o777)\n"
     "os.execvp('stepkit', ['stepkit', 'nop', 'tekton_run_indefinitely'])\n"
 )
+_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 _COLOURS = ("36", "35", "33", "32", "34", "96", "95", "93", "92", "94")
 
 
@@ -108,6 +110,17 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _check_key(secret: str, key: str) -> str:
+    """A key Kubernetes takes (IsConfigMapKey): it becomes a file name, so no `/`, no `..`."""
+    if not _KEY.fullmatch(key) or key in (".", "..") or key.startswith("..") or len(key) > 253:
+        shown = key.encode("unicode_escape").decode("ascii")[:80]
+        raise InputError(
+            f"Secret {secret!r}: key {shown!r} is not a valid key (letters, digits, '-', '_', "
+            "'.'; not '.' or starting with '..')"
+        )
+    return key
+
+
 def secret_files(raw: Any, name: str) -> dict[str, bytes]:
     """The keys and values of a Secret document (data base64, stringData as is)."""
     files: dict[str, bytes] = {}
@@ -115,7 +128,9 @@ def secret_files(raw: Any, name: str) -> dict[str, bytes]:
     if isinstance(data, dict):
         for key, value in data.items():
             try:
-                files[str(key)] = base64.b64decode(str(value or ""), validate=True)
+                files[_check_key(name, str(key))] = base64.b64decode(
+                    str(value or ""), validate=True
+                )
             except ValueError:
                 raise InputError(
                     f"Secret {name!r}: data.{key} is not base64 (stringData takes plain text)"
@@ -123,7 +138,7 @@ def secret_files(raw: Any, name: str) -> dict[str, bytes]:
     string_data = raw.get("stringData") if hasattr(raw, "get") else None
     if isinstance(string_data, dict):
         for key, value in string_data.items():
-            files[str(key)] = str(value if value is not None else "").encode()
+            files[_check_key(name, str(key))] = str(value if value is not None else "").encode()
     return files
 
 
@@ -256,6 +271,12 @@ class Runner:
                         "(stepkit run mounts its keys: give data or stringData)"
                     )
                 for item in volume["secret"].get("items") or []:
+                    parts = str(item.get("path", "")).split("/")
+                    if not item.get("path") or item["path"].startswith("/") or ".." in parts:
+                        raise InputError(
+                            f"volume {name!r}: items path {item.get('path')!r} must be relative, "
+                            "without '..'"
+                        )
                     if item["key"] not in self.secrets[secret_name]:
                         raise InputError(
                             f"volume {name!r}: Secret {secret_name!r} has no key {item['key']!r}"
