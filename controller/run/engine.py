@@ -470,6 +470,8 @@ class Runner:
                     self._current = made
                 try:
                     made.start()
+                    if self._timed_out.is_set():  # the deadline passed as it started
+                        made.kill()
                     label, shown = self._stream(state, made, _COLOURS[k % len(_COLOURS)], last)
                     code = int(made.wait().get("StatusCode", 1))
                     self._rest(made, label, shown, last)
