@@ -144,6 +144,7 @@ def secret_files(raw: Any, name: str) -> dict[str, bytes]:
 
 def lay_out_secret(root: Path, files: dict[str, bytes]) -> None:
     """The kubelet's layout: `<key> -> ..data/<key>`, `..data -> ..<timestamp>/`, files 0644."""
+    root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     root.mkdir(mode=0o755)
     stamp = "..{}".format(_now().strftime("%Y_%m_%d_%H_%M_%S.%f"))
     (root / stamp).mkdir(mode=0o755)
