@@ -135,15 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         build = Path(tmp) / "build.yaml"
         build.write_text(build_yaml(images["base"]))
         with PodmanService() as service:
-            run_candidate(service, build)  # warm: the first container of an image costs more
             for i in range(args.runs):
-                cand, rss = run_candidate(service, build)
-                pod = run_podman(service, plan)
-                api = run_docker_api(service, plan)
-                rows.append({"stepkit_run": cand, "podman_run": pod, "docker_api": api, "rss": rss})
+                # The order turns from run to run, so no variant always goes first.
+                order = ["stepkit_run", "podman_run", "docker_api"]
+                order = order[i % 3 :] + order[: i % 3]
+                row: dict[str, float] = {}
+                for variant in order:
+                    if variant == "stepkit_run":
+                        row[variant], rss = run_candidate(service, build)
+                        row["rss"] = rss
+                    elif variant == "podman_run":
+                        row[variant] = run_podman(service, plan)
+                    else:
+                        row[variant] = run_docker_api(service, plan)
+                rows.append(row)
                 print(
-                    f"run {i + 1}: stepkit run {cand:.1f}s, podman run {pod:.1f}s, "
-                    f"docker API {api:.1f}s, stepkit run peak RSS {rss / 1024:.1f} MiB",
+                    f"run {i + 1}: stepkit run {row['stepkit_run']:.1f}s, podman run "
+                    f"{row['podman_run']:.1f}s, docker API {row['docker_api']:.1f}s, stepkit run "
+                    f"peak RSS {row['rss'] / 1024:.1f} MiB",
                     flush=True,
                 )
     vs_podman = statistics.median(r["stepkit_run"] / r["podman_run"] for r in rows)
