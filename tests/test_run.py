@@ -118,8 +118,8 @@ def test_git_source_with_basic_auth_secret_and_a_result(
                         "workingDir": "/workspace/src",
                         "command": ["sh", "-c"],
                         "args": [
-                            'n=$(git rev-list --count HEAD); echo "commits: $n"; '
-                            'printf \'[{"key":"commits","value":"%s"}]\' "$n" '
+                            'echo "checked out: $(cat README.md)"; '
+                            'printf \'[{"key":"head","value":"%s"}]\' "$(git rev-parse HEAD)" '
                             "> /dev/termination-log"
                         ],
                     }
@@ -146,11 +146,13 @@ def test_git_source_with_basic_auth_secret_and_a_result(
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert any(user == "octocat" for _repo, user in server.granted)
     out = proc.stdout + proc.stderr
-    assert "[count] commits: 2" in proc.stdout
+    head = shas["refs/heads/main"]
+    readme = (tmp_path / "src" / "README.md").read_text().strip()
+    assert f"[count] checked out: {readme}" in proc.stdout
     assert "[nop] Build successful" in proc.stdout
     assert "step 1 of 4: credential-initializer" in proc.stderr
     assert "step 4 of 4: nop" in proc.stderr
-    assert "commits=2" in proc.stderr  # the closing table's results
+    assert f"head={head}" in proc.stderr  # the closing table's results
     assert TOKEN not in out
     state = json.loads(status.read_text())
     assert state["conditions"][0]["type"] == "Succeeded"
@@ -163,8 +165,8 @@ def test_git_source_with_basic_auth_secret_and_a_result(
         "nop",
     ]
     git_message = json.loads(state["stepStates"][1]["terminated"]["message"])
-    assert {"key": "commit", "value": shas["refs/heads/main"]} in git_message
-    assert state["stepStates"][2]["terminated"]["message"] == '[{"key":"commits","value":"2"}]'
+    assert {"key": "commit", "value": head} in git_message
+    assert state["stepStates"][2]["terminated"]["message"] == f'[{{"key":"head","value":"{head}"}}]'
     assert TOKEN not in status.read_text()
     assert left_behind(service, "fetch-and-count") == ([], [])
 
