@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Upload a directory to Google Cloud Storage as objects named by content, and a manifest.",
     ),
+    "ssh": (
+        "builders.ssh.cli",
+        "command",
+        "Run commands on a remote host over ssh and upload files to it, with creds-init's key.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.
