@@ -961,7 +961,7 @@ class AuthorizedKey:
     name: str = ""
     push: bool = False
     # A login key: any command as root, and the sftp subsystem (tests of the ssh builder).
-    shell: bool = False
+    login: bool = False
 
 
 @dataclass(frozen=True)
@@ -1110,7 +1110,7 @@ class SshServer(_PortServer):
         lines = []
         for index, key in enumerate(self.authorized):
             name = key.name or f"key{index}"
-            if key.shell:
+            if key.login:
                 lines.append(key.public_key.strip())
                 continue
             if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
@@ -1160,7 +1160,7 @@ class SshServer(_PortServer):
                 "UseDNS no",
                 "MaxStartups 100",
                 "LogLevel VERBOSE",
-                # For shell=True keys; a key with a forced command gets that command instead.
+                # For login=True keys; a key with a forced command gets that command instead.
                 "Subsystem sftp internal-sftp",
                 "",
             ]

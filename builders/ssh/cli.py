@@ -68,18 +68,25 @@ def ssh(ctx: Context) -> None:
     if not (p.user or found.user):
         raise InputError(f"--user: required (creds-init's ssh config names no User for {host})")
     user = _user(p.user or found.user or "")
-    if p.key:
-        key = session.load_key(p.key, "--key")
-        key_source = "--key"
-    elif found.identity_file is not None:
+    text = ""
+    if found.identity_file is not None:
         try:
             text = found.identity_file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise InputError(
-                f"cannot read the key {found.identity_file} that {ssh_config} names for "
-                f"{host}: {exc.strerror}"
-            ) from None
+            if not p.key:
+                raise InputError(
+                    f"cannot read the key {found.identity_file} that {ssh_config} names for "
+                    f"{host}: {exc.strerror}"
+                ) from None
+        # Masked even when -key overrides it: a remote command must not echo it either.
         mask(text)
+    if p.key:
+        # The SDK masks the value as given; a file holds it with a final newline, whose
+        # base64 differs: mask that form too.
+        mask(p.key.rstrip("\n") + "\n")
+        key = session.load_key(p.key, "--key")
+        key_source = "--key"
+    elif found.identity_file is not None:
         key = session.load_key(text, str(found.identity_file))
         key_source = str(found.identity_file)
     else:

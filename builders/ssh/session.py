@@ -265,12 +265,16 @@ def upload(client: paramiko.SSHClient, entries: Sequence[Entry], *, timeout: flo
     """Create the entries remotely in order; returns the bytes sent."""
     sftp = client.open_sftp()
     sent = 0
+    current = ""
     try:
         channel = sftp.get_channel()
         if channel is not None:
             channel.settimeout(timeout)
         for entry in entries:
-            if entry.kind == "dir":
+            current = entry.dest
+            if entry.kind == "parent":
+                _ensure_dir(sftp, entry.dest, None)
+            elif entry.kind == "dir":
                 _ensure_dir(sftp, entry.dest, entry.mode)
             elif entry.kind == "link":
                 with contextlib.suppress(FileNotFoundError):
@@ -287,16 +291,19 @@ def upload(client: paramiko.SSHClient, entries: Sequence[Entry], *, timeout: flo
     except TimeoutError:
         raise StepkitError(f"the upload did not progress within {timeout:g} s") from None
     except PermissionError as exc:
-        raise DeniedError(f"the remote host refused the upload: {exc}") from None
+        raise DeniedError(f"the remote host refused to write {current}: {exc.strerror}") from None
     except OSError as exc:
-        raise StepkitError(f"the upload failed: {exc}") from None
+        raise StepkitError(f"the upload of {current} failed: {exc.strerror or exc}") from None
     finally:
         sftp.close()
     return sent
 
 
-def _ensure_dir(sftp: paramiko.SFTPClient, path: str, mode: int) -> None:
-    """mkdir -p, then the mode (also of a directory that was there: the mode is the source's)."""
+def _ensure_dir(sftp: paramiko.SFTPClient, path: str, mode: int | None) -> None:
+    """mkdir -p, then the mode (also of a directory that was there: the mode is the source's).
+
+    mode None: a parent, made 0755 when missing and left alone when there.
+    """
     try:
         attrs = sftp.stat(path)
     except FileNotFoundError:
@@ -306,12 +313,16 @@ def _ensure_dir(sftp: paramiko.SFTPClient, path: str, mode: int) -> None:
                 sftp.stat(parent)
                 parent = ""
             if parent:
-                _ensure_dir(sftp, parent, 0o755)
-        sftp.mkdir(path, mode)
+                _ensure_dir(sftp, parent, None)
+        sftp.mkdir(path, 0o755 if mode is None else mode)
+        if mode is None:
+            return
     else:
         if attrs.st_mode is not None and (attrs.st_mode & 0o170000) != 0o040000:
             raise StepkitError(f"cannot upload into {path}: it exists and is not a directory")
-    sftp.chmod(path, mode)
+        if mode is None:
+            return
+    sftp.chmod(path, mode)  # mkdir's mode is cut by the server's umask
 
 
 def _put(sftp: paramiko.SFTPClient, local: Path, dest: str, mode: int) -> int:

@@ -36,7 +36,7 @@ class Upload:
 class Entry:
     """One thing to create remotely: a directory, a file or a symlink, at dest (a remote path)."""
 
-    kind: str  # "dir", "file", "link"
+    kind: str  # "dir", "parent" (a directory made only when missing), "file", "link"
     dest: str
     mode: int = 0
     local: Path | None = None  # a file's content
@@ -80,7 +80,12 @@ def plan(upload: Upload) -> list[Entry]:
         dest = upload.dest
         if dest.endswith("/"):
             dest = dest + top.name
-        return [Entry("file", dest, stat.S_IMODE(info.st_mode) & PERMISSION_BITS, local=top)]
+        entries = []
+        parent = str(PurePosixPath(dest).parent)
+        if parent not in ("", "."):
+            entries.append(Entry("parent", parent))  # made when missing, left as it is if not
+        entries.append(Entry("file", dest, stat.S_IMODE(info.st_mode) & PERMISSION_BITS, local=top))
+        return entries
     if not stat.S_ISDIR(info.st_mode):
         raise InputError(f"{where}: not a regular file or directory")
     base = upload.dest.rstrip("/") or "/"
