@@ -476,3 +476,43 @@ def test_stepkit_ssh_subcommand_reads_params_from_the_environment(
     assert res.returncode == 0, res.stderr
     assert res.stdout == "one\ntwo\n"
     assert_no_leak(res.stdout + res.stderr, secrets.values)
+
+
+def test_accept_new_never_writes_through_a_symlinked_known_hosts(
+    tmp_path: Path, isolated_env: Path, secrets: Secrets, host: Host
+) -> None:
+    """A step before this one replaced known_hosts with a link to another file."""
+    creds_init(isolated_env, secrets, host, known_hosts=None)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    known = isolated_env / ".ssh" / "known_hosts"
+    known.unlink(missing_ok=True)
+    known.symlink_to(victim)
+    run = run_ssh(tmp_path, isolated_env, "-command=echo ok")
+    assert run.exit_code == 0, run.output
+    assert "cannot record the host key" in run.stderr
+    assert victim.read_text() == "untouched\n"
+
+
+def test_a_server_that_never_answers_is_bounded_by_the_timeout(
+    tmp_path: Path, isolated_env: Path, secrets: Secrets, host: Host
+) -> None:
+    """A listener that accepts and stays silent (no sshd can be made to do that: a socket of
+    the test's own), in place of the host creds-init knows."""
+    import socket
+
+    creds_init(isolated_env, secrets, host, known_hosts=host.server.host_key_line)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        run = run_ssh(
+            tmp_path,
+            isolated_env,
+            f"-port={port}",
+            "-timeout=1s",
+            "-command=true",
+            secrets={"key": host.private_key},  # creds-init's key is for the other port
+        )
+    assert run.exit_code == 1, run.output
+    lines = error_lines(run)
+    assert len(lines) == 1, run.output
+    assert f"127.0.0.1:{port}" in lines[0]

@@ -7,6 +7,8 @@ host.
 
 from __future__ import annotations
 
+import logging
+
 from stepkit.builder import Context, Param, Result, builder, fail, group, mask
 from stepkit.errors import InputError
 from stepkit.validate import has_control, parse_duration, shown
@@ -116,6 +118,10 @@ def ssh(ctx: Context) -> None:
         strict=strict,
         timeout=timeout,
     )
+    if not ctx.debug:
+        # paramiko's transport thread logs each failure with a traceback at ERROR; the
+        # step says what went wrong in one line of its own.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL + 1)
     ctx.log.info("connecting to %s (key %s)", target.shown, key_source)
     with session.connect(target) as client:
         for given, entries in zip(uploads, plans, strict=True):
