@@ -516,3 +516,15 @@ def test_a_server_that_never_answers_is_bounded_by_the_timeout(
     lines = error_lines(run)
     assert len(lines) == 1, run.output
     assert f"127.0.0.1:{port}" in lines[0]
+
+
+def test_a_key_param_with_crlf_and_no_final_newline_loads(
+    tmp_path: Path, isolated_env: Path, secrets: Secrets, host: Host
+) -> None:
+    """As a Secret made on Windows, or with `echo -n`, holds it."""
+    creds_init(isolated_env, secrets, host, known_hosts=host.server.host_key_line)
+    mangled = host.private_key.strip().replace("\n", "\r\n")
+    run = run_ssh(tmp_path, isolated_env, "-command=echo ok", secrets={"key": mangled})
+    assert run.exit_code == 0, run.output
+    assert run.stdout == "ok\n"
+    assert_no_leak(run.output, [host.private_key])
