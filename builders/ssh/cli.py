@@ -182,7 +182,7 @@ command = builder(
             help="Upload SRC (a file or directory in the workspace) to DEST on the host over "
             "SFTP, before the commands run; repeatable. Directories go with their tree and "
             "modes; a symbolic link out of SRC refuses the upload. DEST ending in '/' takes "
-            "a file under its own name.",
+            "a file under its own name; a relative DEST is from the remote user's home.",
         ),
         Param(
             "timeout",
