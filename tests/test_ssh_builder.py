@@ -528,3 +528,25 @@ def test_a_key_param_with_crlf_and_no_final_newline_loads(
     assert run.exit_code == 0, run.output
     assert run.stdout == "ok\n"
     assert_no_leak(run.output, [host.private_key])
+
+
+def test_upload_refuses_a_fifo_and_drops_setuid(
+    tmp_path: Path, isolated_env: Path, secrets: Secrets, host: Host
+) -> None:
+    creds_init(isolated_env, secrets, host, known_hosts=host.server.host_key_line)
+    workspace = tmp_path / "workspace"
+    (workspace / "tool").mkdir(parents=True)
+    (workspace / "tool" / "su").write_text("#!/bin/sh\n")
+    (workspace / "tool" / "su").chmod(0o4755)
+    dest = host.remote / "tool"
+    run = run_ssh(tmp_path, isolated_env, f"-upload=tool={dest}")
+    assert run.exit_code == 0, run.output
+    assert stat.S_IMODE((dest / "su").stat().st_mode) == 0o755
+
+    os.mkfifo(workspace / "tool" / "pipe")
+    again = host.remote / "again"
+    run = run_ssh(tmp_path, isolated_env, f"-upload=tool={again}")
+    assert run.exit_code == 2, run.output
+    (line,) = error_lines(run)
+    assert "'pipe' is not a regular file, directory or symbolic link" in line
+    assert not again.exists()
