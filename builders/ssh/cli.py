@@ -138,7 +138,8 @@ def ssh(ctx: Context) -> None:
             if status != 0:
                 if status < 0:
                     fail(f"command #{index}: the remote host sent no exit status", 255)
-                fail(f"command #{index} exited {status} on {host}", status)
+                # An exit status is 32 bits in the protocol; a process's is 8.
+                fail(f"command #{index} exited {status} on {host}", min(status, 255))
             if p.output and last:
                 text = out.decode("utf-8", "replace")
                 if len(text.encode()) > MAX_OUTPUT:
