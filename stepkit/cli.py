@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Upload a directory to Google Cloud Storage as objects named by content, and a manifest.",
     ),
+    "git-push": (
+        "builders.gitpush.push",
+        "git_push",
+        "Commit what changed in a git checkout, optionally tag it, and push it.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.
