@@ -25,6 +25,7 @@ from tests.peers import (
 USER = "pusher"
 PASSWORD = 'p@ss:w/rd %#?+ "é€ push'  # characters url-decoding or a credential store could lose
 AUTHOR = "Release Bot <bot@example.com>"
+KEY_LINES: list[str] = []  # the deploy key's lines, checked in every git-push's output
 
 
 @dataclass
@@ -50,6 +51,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = base / "srv"
     root.mkdir()
     private, public = gen_keypair(base / "keys" / "deploy")
+    KEY_LINES[:] = [line for line in private.splitlines() if "PRIVATE KEY" not in line]
     with (
         GitHttpServer(root, {"": (USER, PASSWORD)}, push=True) as http,
         SshServer(base / "sshd", [AuthorizedKey(public, root, name="deploy", push=True)]) as sshd,
@@ -109,7 +111,7 @@ def git_init(tmp_path: Path, url: str, *args: str) -> Path:
 
 
 def git_push(tmp_path: Path, *args: str, path: str = "src") -> Run:
-    return run_stepkit(
+    res = run_stepkit(
         "git-push",
         f"--workspace={tmp_path / 'workspace'}",
         f"-path={path}",
@@ -118,6 +120,8 @@ def git_push(tmp_path: Path, *args: str, path: str = "src") -> Run:
         "-retry-backoff=0",
         *args,
     )
+    assert_no_leak(res.output, [PASSWORD, *KEY_LINES])
+    return res
 
 
 def results(tmp_path: Path) -> dict[str, str]:
@@ -394,3 +398,47 @@ def test_a_planted_ssh_command_in_the_checkout_does_not_run(
     assert res.returncode == 0, res.stderr
     assert not marker.exists()
     assert results(tmp_path)["pushed"] == "true"
+
+
+def test_retries_are_bounded(tmp_path: Path, world: World, secrets: Secrets) -> None:
+    name, bare = world.new_repo()
+    http_creds(secrets, world.http.url)
+    checkout = git_init(tmp_path, world.http.url_for(name), "-revision=main")
+    theirs = push_from_elsewhere(world, bare, "other.txt", "theirs\n")
+    (checkout / "mine.txt").write_text("mine\n")
+    res = git_push(tmp_path, f"-author={AUTHOR}", "-retries=0")
+    assert res.returncode == 1
+    assert "nothing was pushed" in error_line(res)
+    assert server_ref(bare, "main") == theirs
+
+
+def test_a_checkout_reached_through_a_symlink_out_of_the_workspace_is_refused(
+    tmp_path: Path, world: World, secrets: Secrets
+) -> None:
+    name, bare = world.new_repo()
+    http_creds(secrets, world.http.url)
+    checkout = git_init(tmp_path, world.http.url_for(name), "-revision=main")
+    outside = tmp_path / "outside"
+    checkout.rename(outside)
+    checkout.symlink_to(outside)
+    (outside / "x.txt").write_text("x\n")
+    res = git_push(tmp_path, f"-author={AUTHOR}")
+    assert res.returncode == 2
+    assert "--path" in error_line(res)
+    assert server(bare, "rev-list", "--count", "main") == "3"
+
+
+def test_a_git_file_pointing_out_of_the_workspace_is_refused(
+    tmp_path: Path, world: World, secrets: Secrets
+) -> None:
+    name, bare = world.new_repo()
+    http_creds(secrets, world.http.url)
+    checkout = git_init(tmp_path, world.http.url_for(name), "-revision=main")
+    elsewhere = tmp_path / "elsewhere.git"
+    (checkout / ".git").rename(elsewhere)
+    (checkout / ".git").write_text(f"gitdir: {elsewhere}\n")
+    (checkout / "x.txt").write_text("x\n")
+    res = git_push(tmp_path, f"-author={AUTHOR}")
+    assert res.returncode == 2
+    assert "outside the workspace" in error_line(res)
+    assert server(bare, "rev-list", "--count", "main") == "3"

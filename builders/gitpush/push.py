@@ -118,6 +118,10 @@ def git_push(ctx: Context) -> None:
         top = local.output_or_none("rev-parse", "--show-toplevel")
         if top is None or Path(top).resolve() != checkout.resolve():
             raise InputError(f"--path: {checkout} is not the top of a git checkout")
+        # A `.git` file (gitdir: ...) or symlink must not send git to a repository elsewhere.
+        git_dir = Path(local.run("rev-parse", "--absolute-git-dir")).resolve()
+        if not git_dir.is_relative_to(ctx.workspace.resolve()):
+            raise InputError(f"--path: {checkout}'s git directory is outside the workspace")
         raw_url = p.remote
         if name is not None:
             found = local.output_or_none("config", "--get", f"remote.{name}.pushurl")
