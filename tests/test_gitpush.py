@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import Run, Secrets, assert_no_leak, run_stepkit
 from tests.peers import (
     AuthorizedKey,
+    FlakyProxy,
     GitHttpServer,
     SshServer,
     gen_keypair,
@@ -76,11 +77,10 @@ def server_ref(bare: Path, ref: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def http_creds(secrets: Secrets, url: str) -> None:
+def http_creds(secrets: Secrets, *urls: str) -> None:
     secrets.add("git-basic", {"username": USER, "password": PASSWORD})
-    res = run_stepkit(
-        "creds-init", f"-basic-git=git-basic={url}", "--secrets-dir", str(secrets.root)
-    )
+    flags = [f"-basic-git=git-basic={url}" for url in urls]
+    res = run_stepkit("creds-init", *flags, "--secrets-dir", str(secrets.root))
     assert res.returncode == 0, res.stderr
 
 
@@ -441,4 +441,36 @@ def test_a_git_file_pointing_out_of_the_workspace_is_refused(
     res = git_push(tmp_path, f"-author={AUTHOR}")
     assert res.returncode == 2
     assert "outside the workspace" in error_line(res)
+    assert server(bare, "rev-list", "--count", "main") == "3"
+
+
+def test_a_dropped_connection_is_retried(tmp_path: Path, world: World, secrets: Secrets) -> None:
+    name, bare = world.new_repo()
+    with FlakyProxy("127.0.0.1", world.http.port, drop_first=1) as proxy:
+        origin = f"http://{proxy.host}"
+        http_creds(secrets, world.http.url, origin)
+        checkout = git_init(tmp_path, world.http.url_for(name), "-revision=main")
+        (checkout / "x.txt").write_text("x\n")
+        res = git_push(tmp_path, f"-author={AUTHOR}", f"-remote={origin}/{name}")
+        assert res.returncode == 0, res.stderr
+        assert proxy.dropped == 1
+    assert "retrying" in res.stderr
+    assert server_ref(bare, "main") == results(tmp_path)["commit"]
+
+
+def test_a_server_that_never_answers_is_bounded(
+    tmp_path: Path, world: World, secrets: Secrets
+) -> None:
+    name, bare = world.new_repo()
+    with FlakyProxy("127.0.0.1", world.http.port, stall=True) as proxy:
+        origin = f"http://{proxy.host}"
+        http_creds(secrets, world.http.url, origin)
+        checkout = git_init(tmp_path, world.http.url_for(name), "-revision=main")
+        (checkout / "x.txt").write_text("x\n")
+        res = git_push(
+            tmp_path, f"-author={AUTHOR}", f"-remote={origin}/{name}", "-timeout=3", "-retries=0"
+        )
+    assert res.returncode == 1
+    assert "timed out" in error_line(res)
+    assert results(tmp_path)["pushed"] == "false"
     assert server(bare, "rev-list", "--count", "main") == "3"

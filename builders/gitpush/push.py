@@ -265,9 +265,16 @@ def _sleep(ctx: Context, git: Git, exc: StepkitError, attempt: int, attempts: in
 def _try_push(git: Git, refspecs: list[str]) -> None:
     """One push, all refs or none; raises _Rejected with what the server refused."""
     args = ["push", "--porcelain", "--atomic", "--no-verify", "--", git.spec.url.url, *refspecs]
-    proc = subproc.run(
-        ["git", *git.config, *args], env=git.env, cwd=git.cwd, timeout=git.spec.timeout, check=False
-    )
+    try:
+        proc = subproc.run(
+            ["git", *git.config, *args],
+            env=git.env,
+            cwd=git.cwd,
+            timeout=git.spec.timeout,
+            check=False,
+        )
+    except CommandError as exc:  # timed out: raised even without check
+        raise git.classify(exc, "push") from None
     if proc.returncode == 0:
         return
     rejections = []
