@@ -249,6 +249,7 @@ def test_a_detached_checkout_needs_a_branch(tmp_path: Path, world: World, secret
     res = git_push(tmp_path, f"-author={AUTHOR}")
     assert res.returncode == 2
     assert "--branch" in error_line(res)
+    assert local(checkout, "diff", "--cached", "--name-only") == ""  # nothing staged
     res = git_push(tmp_path, f"-author={AUTHOR}", "-branch=release")
     assert res.returncode == 0, res.stderr
     assert server(bare, "rev-parse", "release^") == old

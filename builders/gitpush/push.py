@@ -186,15 +186,17 @@ def _push(
     head_branch = git.output_or_none("symbolic-ref", "-q", "--short", "HEAD")
     branch = branch or (head_branch or "")
     base = git.output_or_none("rev-parse", "-q", "--verify", "HEAD^{commit}")
+    paths = ("--", *(pathspecs or (".",)))
+    if not branch and git.run("--literal-pathspecs", "status", "--porcelain", "-z", *paths):
+        # Said before anything is staged or committed.
+        raise InputError(
+            "--branch is required: HEAD is detached (as git-init leaves a tag or "
+            "commit checked out); name the branch to push to"
+        )
     with group("commit"):
-        git.run("--literal-pathspecs", "add", "--all", "--", *(pathspecs or (".",)))
+        git.run("--literal-pathspecs", "add", "--all", *paths)
         changed = [f for f in git.run("diff", "--cached", "--name-only", "-z").split("\0") if f]
         if changed:
-            if not branch:
-                raise InputError(
-                    "--branch is required: HEAD is detached (as git-init leaves a tag or "
-                    "commit checked out); name the branch to push to"
-                )
             _with_stdin(git, ["commit", "--quiet", "--no-verify", "--file=-"], message)
             ctx.log.info("committed %d changed file(s)", len(changed))
         else:
