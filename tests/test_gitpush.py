@@ -475,3 +475,15 @@ def test_a_server_that_never_answers_is_bounded(
     assert "timed out" in error_line(res)
     assert results(tmp_path)["pushed"] == "false"
     assert server(bare, "rev-list", "--count", "main") == "3"
+
+
+def test_help_lists_the_params_with_their_env_names() -> None:
+    res = run_stepkit("git-push", "--help")
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    for name in ("path", "message", "author", "branch", "tag", "remote", "add", "retries"):
+        env = name.upper()
+        assert f"-{name}, --{name}" in text and f"STEPKIT_{env}, PARAM_{env}" in text, name
+    assert "commit" in text and "pushed" in text
+    listed = run_stepkit("--help")
+    assert "git-push" in listed.stdout
