@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import queue
 import re
 import select
 import shlex
@@ -1588,6 +1589,12 @@ class FlakyProxy:
     With stall=True the connections after the dropped ones are accepted and then never read
     or answered (the client sees a hang until its own timeout). With reset=True a dropped
     connection is closed with a TCP RST instead of a FIN.
+
+    With latency=S every byte is delivered S seconds after the proxy read it, in each
+    direction (and the end of a stream too), as across a network with an S one-way delay:
+    a request and its answer take 2*S more, a new connection's first exchange too, while
+    bytes keep flowing meanwhile (the delay is per chunk, not a bandwidth limit). The
+    benchmarks measure fetchers against a peer this far away (bench/README.md).
     """
 
     def __init__(
@@ -1598,12 +1605,16 @@ class FlakyProxy:
         *,
         stall: bool = False,
         reset: bool = False,
+        latency: float = 0.0,
     ) -> None:
+        if latency < 0:
+            raise ValueError("latency must be >= 0")
         self.target_host = target_host
         self.target_port = target_port
         self.drop_first = drop_first
         self.stall = stall
         self.reset = reset
+        self.latency = latency
         self.accepted = 0
         self.dropped = 0
         self._listener: socket.socket | None = None
@@ -1674,8 +1685,10 @@ class FlakyProxy:
         self._spawn(self._pump, upstream, client)
         self._pump(client, upstream)
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        if self.latency:
+            self._pump_delayed(src, dst)
+            return
         try:
             while True:
                 data = src.recv(65536)
@@ -1687,6 +1700,41 @@ class FlakyProxy:
         # Pass the half-close on, so request/response protocols see EOF where they expect it.
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+    def _pump_delayed(self, src: socket.socket, dst: socket.socket) -> None:
+        """Like _pump, but each chunk (and the EOF, b"") leaves `latency` after it arrived."""
+        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+
+        def deliver() -> None:
+            broken = False
+            while True:
+                due, data = chunks.get()
+                if broken:
+                    if not data:
+                        return
+                    continue  # keep draining, so the reader never blocks on a dead peer
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    if not data:
+                        dst.shutdown(socket.SHUT_WR)
+                        return
+                    dst.sendall(data)
+                except OSError:
+                    broken = True
+                    if not data:
+                        return
+
+        self._spawn(deliver)
+        try:
+            while True:
+                data = src.recv(65536)
+                chunks.put((time.monotonic() + self.latency, data))
+                if not data:
+                    return
+        except OSError:
+            chunks.put((time.monotonic() + self.latency, b""))
 
     def __enter__(self) -> Self:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

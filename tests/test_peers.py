@@ -595,6 +595,31 @@ def test_flaky_proxy_drops_then_forwards_and_can_stall(
             assert (proxy.accepted, proxy.dropped) == (1, 0)
 
 
+def test_flaky_proxy_latency_delays_each_way_and_keeps_every_byte(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    """The benches' distant peer: a clone through it is intact, and no exchange beats 2*latency."""
+    srv = tmp_path / "srv"
+    refs = make_repo(tmp_path / "src", commits=3, bare_copy_to=srv / "x.git")
+    latency = 0.05
+    with (
+        GitHttpServer(srv, {}) as server,
+        FlakyProxy("127.0.0.1", server.port, latency=latency) as proxy,
+    ):
+        url = f"http://{proxy.host}/x.git/info/refs?service=git-upload-pack"
+        started = time.monotonic()
+        assert _open(url, timeout=10) == 200
+        # A lower bound only (the proxy cannot deliver early); never an upper one.
+        assert time.monotonic() - started >= 2 * latency
+        dest = tmp_path / "clone"
+        done = run_git(["clone", "-q", f"http://{proxy.host}/x.git", str(dest)], env=client_env)
+        assert done.returncode == 0
+        head = run_git(["-C", str(dest), "rev-parse", "HEAD"], env=client_env).stdout.strip()
+        assert head == refs["refs/heads/main"]
+    with pytest.raises(ValueError):
+        FlakyProxy("127.0.0.1", 1, latency=-1)
+
+
 # --------------------------------------------------------------------------------------------
 # start-up failures are reported with the server's own words
 # --------------------------------------------------------------------------------------------
