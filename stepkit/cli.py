@@ -58,6 +58,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Run commands on a remote host over ssh and upload files to it, with creds-init's key.",
     ),
+    "git-push": (
+        "builders.gitpush.push",
+        "git_push",
+        "Commit what changed in a git checkout, optionally tag it, and push it.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.

@@ -679,3 +679,74 @@ def test_tekton_catalog_git_clone_task(
         assert ("repo.git", "builder") in peers.http.granted
     else:
         assert [a.repo for a in peers.ssh.access_log() if a.allowed] == ["repo.git"]
+
+
+def test_gitops_git_push_step(
+    images: dict[str, str], peers: Peers, pod: Pod, tmp_path: Path
+) -> None:
+    """creds-init, git-init of a manifests repository, a step bumping the image tag, then the
+    git-push image committing, tagging and pushing it over http and ssh while another build
+    pushed to the same branch (so it rebases)."""
+    res = run(images, "creds-init", knative_creds_args(peers), pod, secrets=True)
+    assert res.returncode == 0, res.stderr
+    http = {"STEPKIT_GIT_ALLOW_HTTP": "true"}
+    res = run(
+        images,
+        "git-init",
+        [f"-url={peers.http.url_for('repo.git')}", "-path=manifests"],
+        pod,
+        env=http,
+    )
+    assert res.returncode == 0, res.stderr
+    bump = "printf 'image: registry.example.com/app:v2\\n' >/workspace/manifests/deploy.yaml"
+    res = run(images, "base", ["sh", "-c", bump], pod)
+    assert res.returncode == 0, res.stderr
+
+    # Another build pushes to main meanwhile.
+    env = git_env(tmp_path / "other-home")
+    run_git(["clone", "-q", str(peers.srv / "repo.git"), str(tmp_path / "other")], env=env)
+    (tmp_path / "other" / "NOTES.md").write_text("another build\n")
+    run_git(["add", "NOTES.md"], env=env, cwd=tmp_path / "other")
+    run_git(["commit", "-q", "-m", "other"], env=env, cwd=tmp_path / "other")
+    run_git(["push", "-q", "origin", "main"], env=env, cwd=tmp_path / "other")
+    theirs = peers.ref("refs/heads/main")
+
+    push_args = [
+        "-path=manifests",
+        "-message=Deploy app:v2",
+        "-author=Deploy Bot <deploy@example.com>",
+        "-tag=deploy-v2",
+        "-allow-http",
+        "-retry-backoff=0",
+        "--results-dir=/builder/home/push-results",
+    ]
+    res = run(images, "git-push", push_args, pod)
+    assert res.returncode == 0, res.stderr
+    commit = (pod.home / "push-results" / "commit").read_text()
+    assert (pod.home / "push-results" / "pushed").read_text() == "true"
+    assert peers.ref("refs/heads/main") == commit == peers.ref("refs/tags/deploy-v2^{commit}")
+    assert peers.ref("refs/heads/main^") == theirs
+    assert ("repo.git", "builder") in peers.http.granted
+
+    # The same over ssh, with creds-init's key; nothing changed then means nothing pushed.
+    res = run(images, "git-init", [f"-url={peers.ssh.url_for('repo.git')}", "-path=over-ssh"], pod)
+    assert res.returncode == 0, res.stderr
+    res = run(images, "git-push", ["-path=over-ssh", "--results-dir=/builder/home/r2"], pod)
+    assert res.returncode == 0, res.stderr
+    assert (pod.home / "r2" / "pushed").read_text() == "false"
+    res = run(
+        images,
+        "base",
+        [
+            "sh",
+            "-c",
+            "printf 'image: registry.example.com/app:v3\\n' >/workspace/over-ssh/deploy.yaml",
+        ],
+        pod,
+    )
+    assert res.returncode == 0, res.stderr
+    res = run(images, "git-push", ["-path=over-ssh", "--results-dir=/builder/home/r3"], pod)
+    assert res.returncode == 0, res.stderr
+    assert (pod.home / "r3" / "pushed").read_text() == "true"
+    assert peers.ref("refs/heads/main") == (pod.home / "r3" / "commit").read_text()
+    assert any(a.allowed and "receive-pack" in a.command for a in peers.ssh.access_log())
