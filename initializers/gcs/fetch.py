@@ -551,6 +551,7 @@ def _check_symlink(path: str, target: str) -> None:
 def _assemble(entries: list[gcsmanifest.Entry], objects: Path, tree: Path) -> None:
     """Move downloaded objects to their paths in tree and make the symlinks, all under staging."""
     links: list[tuple[gcsmanifest.Entry, str]] = []
+    made: set[Path] = {tree}  # directories known to exist: one mkdir per directory, not per file
     for index, entry in enumerate(entries):
         staged = objects / str(index)
         if entry.is_symlink:
@@ -565,7 +566,9 @@ def _assemble(entries: list[gcsmanifest.Entry], objects: Path, tree: Path) -> No
             links.append((entry, target))
             continue
         final = tree / entry.path
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.parent not in made:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            made.add(final.parent)
         os.replace(staged, final)
         os.chmod(final, entry.perm)
     for entry, target in links:
@@ -685,9 +688,10 @@ class Fetcher:
         self.stats.manifest_seconds = time.monotonic() - started
         entries = gcsmanifest.parse(source.read_bytes(), what=f"manifest {fetched.location}")
         for entry in entries:
-            check_bucket(
-                entry.source, spec.allowed_buckets, what=f"manifest entry {shown(entry.path)}"
-            )
+            if spec.allowed_buckets is not None:  # (the message is built only when needed)
+                check_bucket(
+                    entry.source, spec.allowed_buckets, what=f"manifest entry {shown(entry.path)}"
+                )
             if not spec.allow_git and any(
                 archive.is_git_name(part) for part in entry.path.split("/")
             ):
