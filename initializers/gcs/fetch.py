@@ -709,10 +709,24 @@ class Fetcher:
         objects = work / "objects"
         objects.mkdir()
         self.stats.download_started = time.monotonic()
-        futures = [
-            pool.submit(
-                partial(
-                    self.downloader.fetch,
+        # One job per worker, each taking the next entry until none is left: no Future per
+        # object, and every thread is started before any of them downloads, so starting the
+        # 200th does not wait for the GIL behind 199 busy ones.
+        todo = iter(enumerate(entries))
+        todo_lock = threading.Lock()
+        go = threading.Event()
+
+        def worker() -> None:
+            go.wait()
+            while True:
+                if self.cancel.is_set():
+                    raise _Cancelled
+                with todo_lock:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                index, entry = item
+                self.downloader.fetch(
                     entry.source,
                     # Staged under its index, never under a name taken from the object or key.
                     objects / str(index),
@@ -720,9 +734,11 @@ class Fetcher:
                     sha1=entry.sha1,
                     max_size=MAX_SYMLINK_TARGET if entry.is_symlink else None,
                 )
-            )
-            for index, entry in enumerate(entries)
-        ]
+
+        try:
+            futures = [pool.submit(worker) for _ in range(self.stats.workers)]
+        finally:
+            go.set()
         self._pool_wait(futures)
         self.stats.download_seconds = time.monotonic() - self.stats.download_started
         tree = work / "tree"
