@@ -1,7 +1,8 @@
 """image-fetcher's work: resolve, then fetch layers and apply each verified one in order in private staging, then place.
 
-Layers download in parallel (at most LAYERS_AHEAD at a time, each into its own file in the
-staging directory) while the main thread applies the earlier ones in the image's order: a
+Layers download in order, PARALLEL_DOWNLOADS at a time and at most LAYERS_AHEAD beyond the
+one being applied, each into its own file in the staging directory, while the main thread
+applies the earlier ones in the image's order: a
 layer is applied only once its whole blob is on disk and its size and digest checked, and
 its decompression limits hold while it is applied. Nothing reaches --dest_dir before every
 layer has been applied; a failure of any layer (a download or applying one) stops the
@@ -39,6 +40,10 @@ _MIB = 1 << 20
 # Layer blobs downloading or downloaded and waiting, at most; so at most this many
 # compressed layers are on disk beside the rootfs (skopeo downloads up to 6 at once).
 LAYERS_AHEAD = 3
+# Of those, downloading at the same time, started in the image's order: layer 1 shares the
+# bandwidth with one other download only, so applying can begin early, while a second
+# stream hides a request's round trip when layers are small.
+PARALLEL_DOWNLOADS = 2
 
 
 @dataclass
@@ -184,13 +189,16 @@ class _Download:
 def _pull_layers(
     client: RegistryClient, image: Image, work: Path, rootfs: RootFs, progress: Progress
 ) -> None:
-    """Download the image's layers, LAYERS_AHEAD at a time, applying each in order once verified."""
+    """Download the image's layers in order, PARALLEL_DOWNLOADS at a time and at most LAYERS_AHEAD
+    beyond the one being applied, applying each in order once verified."""
     blobs = work / "layers"
     blobs.mkdir()
     layers = image.layers
     count = len(layers)
     stop = threading.Event()
     changed = threading.Condition()
+    turn = [0]  # the next layer whose download may start
+    active = [0]  # downloads running
 
     def received(n: int) -> None:
         if stop.is_set():
@@ -201,7 +209,19 @@ def _pull_layers(
         path = blobs / str(index)
 
         def fetch() -> None:
-            client.fetch_blob(image.reference, layers[index], path, progress=received)
+            with changed:
+                while turn[0] != index or active[0] >= PARALLEL_DOWNLOADS:
+                    if stop.is_set():
+                        raise _Cancelled
+                    changed.wait()
+                turn[0] += 1
+                active[0] += 1
+            try:
+                client.fetch_blob(image.reference, layers[index], path, progress=received)
+            finally:
+                with changed:
+                    active[0] -= 1
+                    changed.notify_all()
 
         return _Download(fetch, f"layer-{index + 1}", changed)
 
@@ -229,7 +249,9 @@ def _pull_layers(
             if index + LAYERS_AHEAD < count:
                 downloads[index + LAYERS_AHEAD] = start(index + LAYERS_AHEAD)
     finally:
-        stop.set()
+        with changed:
+            stop.set()
+            changed.notify_all()
         # Downloads that see `stop` end at their next chunk; one stalled in a read cannot
         # be waited for (its thread is a daemon; its file goes with the staging directory).
         deadline = time.monotonic() + 2.0
