@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Upload a directory to Google Cloud Storage as objects named by content, and a manifest.",
     ),
+    "docker": (
+        "builders.dockerbuild.builder",
+        "docker_build",
+        "Build an image with a Docker daemon, tag it and push it; report the registry's digest.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.
