@@ -85,7 +85,7 @@ def find(config: dict[str, Any], ref: Reference, where: Path) -> Credentials | N
         raise InputError(f"docker config {where}: 'credHelpers' is not a JSON object")
     for key, name in helpers.items():
         if _identity(str(key)) == host:
-            found = _from_helper(name, ref.registry_key, f"credHelpers {shown(str(key))}")
+            found = _from_helper(name, ref.registry_key, f"{where} credHelpers {shown(str(key))}")
             if found is None:
                 raise StepkitError(
                     f"credential helper docker-credential-{name} has no credentials for "
@@ -94,7 +94,7 @@ def find(config: dict[str, Any], ref: Reference, where: Path) -> Credentials | N
             return found
     store = config.get("credsStore")
     if store:
-        found = _from_helper(store, ref.registry_key, "credsStore")
+        found = _from_helper(store, ref.registry_key, f"{where} credsStore")
         if found is not None:
             return found
     auths = config.get("auths") or {}
