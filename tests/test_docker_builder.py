@@ -30,6 +30,7 @@ from tests.podman import PodmanService
 USER = "pusher"
 PASSWORD = 'p@ss:w/rd %#?+ "é,€'  # characters a credential store must not lose
 WRONG = "not-the-password-42"
+KEPT = "localhost/stepkit-docker-test/kept:v1"
 
 
 @dataclass
@@ -73,7 +74,19 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
         Registry(work / "registry", {USER: PASSWORD}) as registry,
         PodmanService(insecure_registries=[registry.host]) as service,
     ):
-        yield Peers(registry, service, base, work)
+        try:
+            yield Peers(registry, service, base, work)
+        finally:
+            # The shared storage keeps what the daemon built: remove this module's tags
+            # (vfs copies a whole root per layer).
+            listed = service.podman("images", "--format", "{{.Repository}}:{{.Tag}}")
+            ours = [
+                name
+                for name in listed.stdout.split()
+                if name.startswith((f"{registry.host}/", KEPT.split(":")[0]))
+            ]
+            if ours:
+                service.podman("rmi", "--force", *ours)
 
 
 def dockerfile(peers: Peers, body: str) -> str:
@@ -244,14 +257,12 @@ def test_push_false_keeps_the_image_in_the_daemon(peers: Peers, tmp_path: Path) 
     run = build(
         peers,
         tmp_path,
-        ["-image=localhost/stepkit-docker-test/kept:v1", "-push=false"],
+        [f"-image={KEPT}", "-push=false"],
         body="RUN true\n",
     )
     assert run.exit_code == 0, run.output
     image_id = run.results["IMAGE_DIGEST"]
-    proc = peers.service.podman(
-        "image", "inspect", "--format", "{{.Id}}", "localhost/stepkit-docker-test/kept:v1"
-    )
+    proc = peers.service.podman("image", "inspect", "--format", "{{.Id}}", KEPT)
     assert proc.returncode == 0, proc.stderr
     assert image_id == "sha256:" + proc.stdout.strip()
 

@@ -696,5 +696,6 @@ def test_docker_builder_in_the_pod_sequence(images: dict[str, str], tmp_path: Pa
         )
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["Digest"] == digest
+        service.podman("rmi", "--force", image)  # the shared storage keeps no test image
     res = run(images, "nop", [], pod)
     assert (res.returncode, res.stdout) == (0, "Build successful\n"), res.stderr
