@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from builders.dockerbuild.builder import docker_build
+from builders.dockerbuild import creds
+from builders.dockerbuild.builder import _build_error, docker_build
+from builders.dockerbuild.reference import DOCKER_HUB_KEY, parse
 from stepkit.testing import BuilderRun, run_builder
 from tests.conftest import Secrets, assert_no_leak
 from tests.images import ensure_images
@@ -366,3 +368,62 @@ def test_a_bad_config_json_exits_2_naming_it(tmp_path: Path, config: str, named:
     assert run.exit_code == 2, run.output
     assert "config.json" in run.stderr and named in run.stderr
     assert "nocolon" not in run.output
+
+
+@pytest.mark.parametrize(
+    ("text", "domain", "repository", "tag", "key"),
+    [
+        ("app", "docker.io", "app", "latest", "https://index.docker.io/v1/"),
+        ("docker.io/library/app:1.0", "docker.io", "docker.io/library/app", "1.0", DOCKER_HUB_KEY),
+        (
+            "index.docker.io/team/app",
+            "docker.io",
+            "index.docker.io/team/app",
+            "latest",
+            DOCKER_HUB_KEY,
+        ),
+        ("localhost/app:v1", "localhost", "localhost/app", "v1", "localhost"),
+        (
+            "127.0.0.1:5000/a/b/c:t_1.2-x",
+            "127.0.0.1:5000",
+            "127.0.0.1:5000/a/b/c",
+            "t_1.2-x",
+            "127.0.0.1:5000",
+        ),
+        (
+            "registry.example.com:443/team/app",
+            "registry.example.com:443",
+            "registry.example.com:443/team/app",
+            "latest",
+            "registry.example.com:443",
+        ),
+    ],
+)
+def test_image_references(text: str, domain: str, repository: str, tag: str, key: str) -> None:
+    ref = parse(text)
+    assert (ref.domain, ref.repository, ref.tag, ref.registry_key) == (domain, repository, tag, key)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # What Docker's classic builder, BuildKit and Podman/Buildah say. Only Podman's
+        # service runs here, so the other two wordings are given as text.
+        "The command '/bin/sh -c exit 7' returned a non-zero code: 7",
+        'process "/bin/sh -c exit 7" did not complete successfully: exit code: 7',
+        'building at STEP "RUN exit 7": while running runtime: exit status 7\n',
+    ],
+)
+def test_the_exit_code_of_a_failed_run_is_found_in_every_daemons_wording(message: str) -> None:
+    assert "exited with code 7" in _build_error({"error": message})
+
+
+def test_docker_hub_credentials_match_every_spelling(tmp_path: Path) -> None:
+    token = base64.b64encode(b"hubuser:hub-password-1").decode()
+    config = {"auths": {"https://index.docker.io/v1/": {"auth": token}}}
+    for image in ("app", "docker.io/team/app", "registry-1.docker.io/team/app:v1"):
+        found = creds.find(config, parse(image), tmp_path / "config.json")
+        assert found is not None
+        assert (found.username, found.password) == ("hubuser", "hub-password-1")
+    # A look-alike host gets nothing.
+    assert creds.find(config, parse("docker.io.evil.example/app"), tmp_path / "c") is None

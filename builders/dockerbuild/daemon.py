@@ -57,7 +57,7 @@ def _client_kwargs() -> tuple[dict[str, Any], str]:
     return kwargs, tried
 
 
-def connect(logger: Any, timeout: float = 600.0) -> Any:
+def connect(logger: Any, timeout: float = 3600.0) -> Any:
     """A docker.APIClient speaking the daemon's API version; StepkitError with advice when none answers."""
     import docker
     from docker.errors import DockerException
