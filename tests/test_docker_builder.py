@@ -98,8 +98,8 @@ def dockerfile(peers: Peers, body: str) -> str:
 APP = """\
 ARG LIST
 ARG GREETING
-RUN echo "list=$LIST" && echo "greeting=$GREETING" >/greeting.txt
-RUN cat /greeting.txt
+RUN echo "list=$LIST" && echo "greeting=$GREETING" >/tmp/greeting.txt
+RUN cat /tmp/greeting.txt
 """
 
 
@@ -150,7 +150,7 @@ def build(
 
 
 def test_builds_pushes_and_reports_the_registry_digest(peers: Peers, tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    home = tmp_path / "pod-home"
     home.mkdir()
     secrets = creds_init(peers, home, PASSWORD)
     host = peers.registry.host
@@ -224,7 +224,7 @@ def test_credentials_from_a_cred_helper(peers: Peers, tmp_path: Path) -> None:
 
 
 def test_a_refused_push_exits_3(peers: Peers, tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    home = tmp_path / "pod-home"
     home.mkdir()
     secrets = creds_init(peers, home, WRONG)
     host = peers.registry.host
@@ -354,7 +354,7 @@ def test_bad_params_exit_2_naming_the_param(tmp_path: Path, args: list[str], nam
 )
 def test_a_bad_config_json_exits_2_naming_it(tmp_path: Path, config: str, named: str) -> None:
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
-    home = tmp_path / "home"
+    home = tmp_path / "pod-home"
     (home / ".docker").mkdir(parents=True)
     (home / ".docker" / "config.json").write_text(config)
     run = run_builder(
