@@ -63,6 +63,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "git_push",
         "Commit what changed in a git checkout, optionally tag it, and push it.",
     ),
+    "docker": (
+        "builders.dockerbuild.builder",
+        "docker_build",
+        "Build an image with a Docker daemon, tag it and push it; report the registry's digest.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.
