@@ -68,6 +68,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "docker_build",
         "Build an image with a Docker daemon, tag it and push it; report the registry's digest.",
     ),
+    "run": (
+        "controller.run.cli",
+        "command",
+        "Run a Build on this machine through the Docker Engine API (Docker or podman), as a kubelet would.",
+    ),
 }
 
 # The plain commands that run without click at all, for start-up time.
