@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print("installing this checkout (pip install ., not editable) into .bench/ ...", flush=True)
         bindir = plain_venv(ROOT / ".bench" / "venv-pip-current", None)
     else:
-        bindir = args.venv / "bin"
+        bindir = args.venv.resolve() / "bin"
     stepkit_bin = str(bindir / "stepkit")
     work = Path(tempfile.mkdtemp(prefix="stepkit-bench-git-"))
     rows: list[Row] = []
