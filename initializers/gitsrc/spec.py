@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from stepkit import validate
@@ -21,8 +21,9 @@ _SCP = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]*\]|[^:/\[\]]+):(?P<
 _PULL = re.compile(r"^(refs/)?pull/[0-9]+/(head|merge)$")
 
 
-@dataclass(frozen=True)
-class RepoUrl:
+# NamedTuples, not dataclasses: importing dataclasses imports inspect and ast, several ms
+# of every git-init's start-up.
+class RepoUrl(NamedTuple):
     """A repository url that passed every check; `url` holds no credentials."""
 
     url: str
@@ -32,8 +33,7 @@ class RepoUrl:
     password: Secret | None = None
 
 
-@dataclass(frozen=True)
-class FetchSpec:
+class FetchSpec(NamedTuple):
     url: RepoUrl
     revision: str
     refspecs: tuple[str, ...]
