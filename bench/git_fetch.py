@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -75,6 +76,8 @@ class Row:
     cand: list[float] = field(default_factory=list)
     base_bytes: list[int] = field(default_factory=list)
     cand_bytes: list[int] = field(default_factory=list)
+    base_cpu: list[float] = field(default_factory=list)
+    cand_cpu: list[float] = field(default_factory=list)
     base_rss_kib: int = 0
     cand_rss_kib: int = 0
 
@@ -85,6 +88,12 @@ class Row:
     @property
     def ratio(self) -> float:
         return statistics.median(self.ratios)
+
+    @property
+    def cpu_ratio(self) -> float:
+        """CPU seconds (user + system, the whole process tree): steadier than wall time when
+        other work shares the machine."""
+        return statistics.median(c / b for b, c in zip(self.base_cpu, self.cand_cpu, strict=True))
 
     @property
     def iqr(self) -> tuple[float, float]:
@@ -105,11 +114,16 @@ class Row:
         )
 
 
-def timed(steps: Steps, env: dict[str, str], cwd: Path) -> float:
+def timed(steps: Steps, env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system of every process, reaped) of the steps."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     for argv, may_fail in steps:
         subprocess.run(argv, env=env, cwd=cwd, check=not may_fail, capture_output=True, timeout=600)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu
 
 
 def peak_rss(steps: Steps, env: dict[str, str], cwd: Path) -> int:
@@ -136,15 +150,16 @@ def measure(
 ) -> None:
     print(f"  {row.name} @ {row.latency * 1000:.0f} ms ...", flush=True)
     for i in range(runs + 1):  # the first pair warms the page cache and is not counted
-        for side, make, times, sizes in (
-            ("base", baseline, row.base, row.base_bytes),
-            ("cand", candidate, row.cand, row.cand_bytes),
+        for side, make, times, cpus, sizes in (
+            ("base", baseline, row.base, row.base_cpu, row.base_bytes),
+            ("cand", candidate, row.cand, row.cand_cpu, row.cand_bytes),
         ):
             dest = work / f"{side}-{i}"
             proxy.received = 0
-            seconds = timed(make(dest), env, work)
+            seconds, cpu = timed(make(dest), env, work)
             if i:
                 times.append(seconds)
+                cpus.append(cpu)
                 sizes.append(proxy.received)
             shutil.rmtree(dest, ignore_errors=True)
     for side, make in (("base", baseline), ("cand", candidate)):
@@ -159,7 +174,7 @@ def measure(
 def render(rows: list[Row]) -> str:
     header = (
         f"{'benchmark':<58} {'ms':>3} {'base s':>7} {'cand s':>7} {'ratio':>6} {'IQR':>11} "
-        f"{'target':>7} {'MiB recv base/cand':>19} {'bytes':>6} {'RSS MiB b/c':>12}"
+        f"{'target':>7} {'cpu':>5} {'MiB recv base/cand':>19} {'bytes':>6} {'RSS MiB b/c':>12}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -176,7 +191,7 @@ def render(rows: list[Row]) -> str:
         lines.append(
             f"{r.name:<58} {r.latency * 1000:3.0f} {statistics.median(r.base):7.3f} "
             f"{statistics.median(r.cand):7.3f} {r.ratio:6.2f} {lo:5.2f}-{hi:<5.2f} {target:>7} "
-            f"{mib} {r.bytes_ratio:6.3f} {rss:>12}  {verdict}"
+            f"{r.cpu_ratio:5.2f} {mib} {r.bytes_ratio:6.3f} {rss:>12}  {verdict}"
         )
     return "\n".join(lines)
 
@@ -333,7 +348,13 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(
                 json.dumps(
                     [
-                        {**r.__dict__, "ratio": r.ratio, "iqr": r.iqr, "bytes_ratio": r.bytes_ratio}
+                        {
+                            **r.__dict__,
+                            "ratio": r.ratio,
+                            "iqr": r.iqr,
+                            "cpu_ratio": r.cpu_ratio,
+                            "bytes_ratio": r.bytes_ratio,
+                        }
                         for r in rows
                     ],
                     indent=2,
