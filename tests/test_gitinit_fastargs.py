@@ -80,7 +80,8 @@ FLAG_NAMES = [*entry._FLAGS, "nosuch", "h", "help", "u", "Url", "sslverify", "no
 VALUES = [
     "", "x", "main", URL, "ftp://h/r", "0", "1", "3", "20", "21", "007", "-1", "+1", " 1", "1_0",
     "1.5", "0.0", "1.", ".5", "1e3", "nan", "inf", "true", "false", "True", "TRUE", "t", "F",
-    "yes", "no", "on", "off", "text", "json", "JSON", "-x", "--", "a=b", "-url", "1 2",
+    "yes", "no", "on", "off", "text", "json", "JSON", "-x", "--", "a=b", "-url", "1 2", "\uff11",
+    "\u0663", "1.\u0663", "1234567890", "2.5.1",
 ]  # fmt: skip
 
 

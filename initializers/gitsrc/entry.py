@@ -12,7 +12,6 @@ tests/test_gitinit_fastargs.py proves both give the same values and the same err
 from __future__ import annotations
 
 import os
-import re
 
 # Environment variables the click command reads; with any of them set, click parses.
 ENVVARS = (
@@ -85,8 +84,12 @@ _DEFAULTS: dict[str, object] = {
 # Go's strconv.ParseBool words, as the click command's GoBool reads them.
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-_DIGITS = re.compile(r"[0-9]{1,9}")
-_DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+
+
+def _digits(value: str) -> bool:
+    """1 to 9 ASCII digits (str.isdigit alone takes other scripts' digits too)."""
+    return 0 < len(value) < 10 and value.isascii() and value.isdigit()
+
 
 # Parsed, or the sentinel: not certain, let click parse it.
 _UNSURE = object()
@@ -100,12 +103,13 @@ def _convert(kind: str, value: str) -> object:
     if kind == "logfmt":
         return value if value in ("text", "json") else _UNSURE
     if kind in ("depth", "retries"):
-        if not _DIGITS.fullmatch(value):
+        if not _digits(value):
             return _UNSURE
         number = int(value)
         return number if kind == "depth" or number <= 20 else _UNSURE
     if kind in ("backoff", "timeout"):
-        if not _DECIMAL.fullmatch(value):
+        whole, dot, fraction = value.partition(".")
+        if not _digits(whole) or (dot and not _digits(fraction)):
             return _UNSURE
         seconds = float(value)
         return seconds if kind == "backoff" or seconds >= 1 else _UNSURE
