@@ -6,13 +6,19 @@ import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from stepkit import validate
 from stepkit.errors import InputError
 from stepkit.secret import REDACTED, Secret
 from stepkit.validate import has_control, shown
+
+# Not dataclasses at run time: importing it costs several ms of every start-up (stepkit/_record.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:
+    from stepkit._record import dataclass
 
 HEX = re.compile(r"^[0-9a-f]{4,64}$")
 FULL_SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
@@ -21,9 +27,8 @@ _SCP = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]*\]|[^:/\[\]]+):(?P<
 _PULL = re.compile(r"^(refs/)?pull/[0-9]+/(head|merge)$")
 
 
-# NamedTuples, not dataclasses: importing dataclasses imports inspect and ast, several ms
-# of every git-init's start-up.
-class RepoUrl(NamedTuple):
+@dataclass(frozen=True)
+class RepoUrl:
     """A repository url that passed every check; `url` holds no credentials."""
 
     url: str
@@ -33,7 +38,8 @@ class RepoUrl(NamedTuple):
     password: Secret | None = None
 
 
-class FetchSpec(NamedTuple):
+@dataclass(frozen=True)
+class FetchSpec:
     url: RepoUrl
     revision: str
     refspecs: tuple[str, ...]
