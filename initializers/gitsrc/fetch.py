@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import stat
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -384,9 +385,10 @@ def _mark_safe_for_later_steps(git: Git, worktrees: list[Path]) -> None:
     if _may_list(config, worktrees):
         listed = git.output_or_none("config", "--file", config, "--get-all", "safe.directory")
         known = set((listed or "").splitlines())
-    for worktree in worktrees:
-        if str(worktree) in known:
-            continue
+    missing = [w for w in worktrees if str(w) not in known]
+    if not missing or _append_safe(config, missing):
+        return
+    for worktree in missing:
         try:
             git.run("config", "--file", config, "--add", "safe.directory", str(worktree))
         except StepkitError as exc:
@@ -400,11 +402,37 @@ def _mark_safe_for_later_steps(git: Git, worktrees: list[Path]) -> None:
             return
 
 
+def _append_safe(config: str, worktrees: list[Path]) -> bool:
+    """Append a [safe] section naming worktrees to config: what `git config --add` writes,
+    without its process. False when config is not a plain file this UID can append to (a
+    symlink, say), for git to try.
+    """
+    entries = "".join(f"\tdirectory = {config_value(str(w))}\n" for w in worktrees)
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(config, flags, 0o644)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        # A last line without its newline would swallow the section header.
+        lead = "\n" if info.st_size and os.pread(fd, 1, info.st_size - 1) != b"\n" else ""
+        data = f"{lead}[safe]\n{entries}".encode()
+        return os.write(fd, data) == len(data)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _may_list(config: str, worktrees: list[Path]) -> bool:
     """Whether config could name one of worktrees already (else asking git is a process saved).
 
-    A value git would read as the path holds the path's text (quoted or not); a path that
-    git writes escaped, or one named in an included file, at worst gets listed twice.
+    A value git would read as the path holds the path's text, plain or escaped in quotes as
+    config_value writes it; one named in an included file, or escaped otherwise, at worst
+    gets listed twice.
     """
     try:
         with open(config, "rb") as f:
@@ -413,7 +441,9 @@ def _may_list(config: str, worktrees: list[Path]) -> bool:
         return False
     except OSError:
         return True
-    return any(str(w).encode() in text for w in worktrees)
+    # The path as written plain, or escaped inside quotes as _append_safe writes it.
+    forms = [form for w in worktrees for form in (str(w), config_value(str(w))[1:-1])]
+    return any(form.encode() in text for form in forms)
 
 
 def entries_url(entries: dict[str, dict[str, str]], path: str) -> str:
