@@ -402,12 +402,17 @@ def _mark_safe_for_later_steps(git: Git, worktrees: list[Path]) -> None:
             return
 
 
+def _safe_value(path: str) -> str:
+    """The value as `git config` writes it: plain, quoted only when a character needs it."""
+    return config_value(path) if any(c in path for c in ' ;#"\\') else path
+
+
 def _append_safe(config: str, worktrees: list[Path]) -> bool:
     """Append a [safe] section naming worktrees to config: what `git config --add` writes,
     without its process. False when config is not a plain file this UID can append to (a
     symlink, say), for git to try.
     """
-    entries = "".join(f"\tdirectory = {config_value(str(w))}\n" for w in worktrees)
+    entries = "".join(f"\tdirectory = {_safe_value(str(w))}\n" for w in worktrees)
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(config, flags, 0o644)
