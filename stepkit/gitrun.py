@@ -15,58 +15,79 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 from stepkit import fsutil, gitenv, identity, subproc
 from stepkit.errors import CommandError, DeniedError, StepkitError
 from stepkit.giturl import RepoUrl
 from stepkit.log import printable
 
+# Not `from typing import ...` at run time: typing costs a few ms of every git-init start-up,
+# and GitTarget is only an annotation.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class GitTarget(Protocol):
-    """What Git needs to know of a run: the repository and how to talk to it (git-init's FetchSpec is one)."""
+    class GitTarget(Protocol):
+        """What Git needs to know of a run: the repository and how to talk to it (git-init's FetchSpec is one)."""
 
-    @property
-    def url(self) -> RepoUrl: ...
-    @property
-    def ssl_verify(self) -> bool: ...
-    @property
-    def retries(self) -> int: ...
-    @property
-    def backoff(self) -> float: ...
-    @property
-    def timeout(self) -> float: ...
-    @property
-    def allowed_schemes(self) -> frozenset[str]: ...
+        @property
+        def url(self) -> RepoUrl: ...
+        @property
+        def ssl_verify(self) -> bool: ...
+        @property
+        def retries(self) -> int: ...
+        @property
+        def backoff(self) -> float: ...
+        @property
+        def timeout(self) -> float: ...
+        @property
+        def allowed_schemes(self) -> frozenset[str]: ...
 
 
 log = logging.getLogger(__name__)
 
-_AUTH = re.compile(
+
+class _Lazy:
+    """A pattern compiled when first used. These read a failed git's stderr only: compiling
+    them all at import cost every successful run about 2 ms of its start-up."""
+
+    __slots__ = ("_compiled", "_pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+        self._compiled: re.Pattern[str] | None = None
+
+    def search(self, text: str) -> re.Match[str] | None:
+        if self._compiled is None:
+            self._compiled = re.compile(self._pattern)
+        return self._compiled.search(text)
+
+
+_AUTH = _Lazy(
     r"Authentication failed|could not read (Username|Password)|Permission denied \(publickey|"
     r"HTTP Basic: Access denied|returned error: 40[13]|The requested URL returned error: 40[13]|"
     r"Invalid username or password"
 )
 # The url git was refused at, when it names one ("could not read Username for" names only
 # the server): a submodule's is not -url. No url git sees holds credentials.
-_FOR_URL = re.compile(r"clone of '([^'\s]+)' into submodule|Authentication failed for '([^'\s]+)'")
-_HOSTKEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED")
+_FOR_URL = _Lazy(r"clone of '([^'\s]+)' into submodule|Authentication failed for '([^'\s]+)'")
+_HOSTKEY = _Lazy(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED")
 # A missing repository, however the transport words it: checked before _TRANSIENT, because
 # over ssh and git:// git follows it with "Could not read from remote repository" or "hung up".
-_NO_REPO = re.compile(
+_NO_REPO = _Lazy(
     r"[Rr]epository '?[^']*'? not found|does not appear to be a git repository|returned error: 404|"
     r"[Nn]o such repository"
 )
-_NOT_FOUND = re.compile(r"No such file or directory|access denied or repository not exported")
-_NO_REF = re.compile(r"couldn't find remote ref|not our ref|no such remote ref")
+_NOT_FOUND = _Lazy(r"No such file or directory|access denied or repository not exported")
+_NO_REF = _Lazy(r"couldn't find remote ref|not our ref|no such remote ref")
 # Protocol v0 only (v2 serves any object the server has): the server advertised no
 # SHA-in-want, so git would not even ask for a commit by id.
-_SHA_REFUSED = re.compile(r"does not allow request for unadvertised object")
-_NO_SHALLOW = re.compile(r"does not support shallow")
-_RESOLVE = re.compile(
+_SHA_REFUSED = _Lazy(r"does not allow request for unadvertised object")
+_NO_SHALLOW = _Lazy(r"does not support shallow")
+_RESOLVE = _Lazy(
     r"Could not resolve host|Name or service not known|Temporary failure in name resolution"
 )
-_TRANSIENT = re.compile(
+_TRANSIENT = _Lazy(
     r"Connection refused|Connection timed out|Operation timed out|Network is unreachable|"
     r"No route to host|Failed to connect|Connection reset|early EOF|hung up unexpectedly|"
     r"RPC failed|returned error: 5\d\d|HTTP 5\d\d|unexpected disconnect|transfer closed|"

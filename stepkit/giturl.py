@@ -6,7 +6,6 @@ Shared by git-init and the git-push builder.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -14,6 +13,13 @@ from stepkit import validate
 from stepkit.errors import InputError
 from stepkit.secret import REDACTED, Secret
 from stepkit.validate import has_control, shown
+
+# Not dataclasses at run time: importing it costs several ms of every start-up (stepkit/_record.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:
+    from stepkit._record import dataclass
 
 _SSH_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _SCP = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]*\]|[^:/\[\]]+):(?P<path>.*)$")

@@ -6,9 +6,13 @@ import json
 import logging
 import sys
 import time
-from typing import TextIO
 
 from stepkit.secret import redact
+
+# Not `from typing import ...`: typing costs a few ms of every helper's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 FORMATS = ("text", "json")
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}

@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from stepkit.errors import InputError
 from stepkit.giturl import RepoUrl, check_ref_name, parse_url
 from stepkit.giturl import reject_controls as _reject_controls
 from stepkit.validate import has_control, shown
+
+# Not dataclasses at run time: importing it costs several ms of every start-up (stepkit/_record.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+else:
+    from stepkit._record import dataclass
 
 __all__ = [
     "FULL_SHA",
