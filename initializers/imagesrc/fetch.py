@@ -1,10 +1,10 @@
 """image-fetcher's work: resolve, then fetch layers and apply each verified one in order in private staging, then place.
 
-Layers download in order, PARALLEL_DOWNLOADS at a time and at most LAYERS_AHEAD beyond the
-one being applied, each into its own file in the staging directory, while the main thread
-applies the earlier ones in the image's order: a
-layer is applied only once its whole blob is on disk and its size and digest checked, and
-its decompression limits hold while it is applied. Nothing reaches --dest_dir before every
+Layers download in order, PARALLEL_DOWNLOADS at a time, each into its own file in the
+staging directory (at most LAYERS_AHEAD such files, the one being applied included), while
+the main thread applies the earlier ones in the image's order: a layer is applied only once
+its whole blob is on disk and its size and digest checked, and its decompression limits
+hold while it is applied. Nothing reaches --dest_dir before every
 layer has been applied; a failure of any layer (a download or applying one) stops the
 others and leaves the destination as it was.
 """
@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 5.0
 STAGING_PREFIX = ".stepkit-image-"
 _MIB = 1 << 20
-# Layer blobs downloading or downloaded and waiting, at most; so at most this many
-# compressed layers are on disk beside the rootfs (skopeo downloads up to 6 at once).
+# Layer files on disk at most (downloading, waiting, or being applied) beside the rootfs.
 LAYERS_AHEAD = 3
 # Of those, downloading at the same time, started in the image's order: layer 1 shares the
 # bandwidth with one other download only, so applying can begin early, while a second
@@ -189,8 +188,8 @@ class _Download:
 def _pull_layers(
     client: RegistryClient, image: Image, work: Path, rootfs: RootFs, progress: Progress
 ) -> None:
-    """Download the image's layers in order, PARALLEL_DOWNLOADS at a time and at most LAYERS_AHEAD
-    beyond the one being applied, applying each in order once verified."""
+    """Download the image's layers in order, PARALLEL_DOWNLOADS at a time and LAYERS_AHEAD on disk
+    at most (the one being applied included), applying each in order once verified."""
     blobs = work / "layers"
     blobs.mkdir()
     layers = image.layers
