@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 stamps=$(dirname "$context")/built
 repo=${IMAGE_REPO:-localhost/stepkit}
 version=${VERSION:?VERSION is not set}
-helpers=${HELPERS:-nop creds-init git-init gcs-fetcher image-fetcher}
+helpers=${HELPERS:-nop creds-init git-init gcs-fetcher image-fetcher ssh git-push docker}
 driver=${STORAGE_DRIVER:-vfs}
 builder=${IMAGE_BUILDER:-}
 if [ -z "$builder" ]; then
@@ -87,6 +87,9 @@ for helper in $helpers; do
         image-fetcher)
             build "$helper" extra "$repo-base:$version" $from --target "$helper" \
                 --build-arg EXTRA=oci --build-arg "CHECK_IMPORT=urllib3, backports.zstd, initializers.imagesrc.cli" ;;
+        docker)
+            build "$helper" extra "$repo-base:$version" $from --target "$helper" \
+                --build-arg EXTRA=docker --build-arg "CHECK_IMPORT=docker, builders.dockerbuild.builder" ;;
         *) build "$helper" "$helper" "$repo-base:$version" $from ;;
     esac
 done

@@ -37,8 +37,12 @@ ROOT = HERE.parent
 LOCK = HERE / "requirements.lock"
 PIP_LOCK = HERE / "pip.lock"
 # Each extra's packages on top of LOCK: the layer its helper image adds to stepkit-base
-# (gcs: stepkit-gcs-fetcher, oci: stepkit-image-fetcher).
-EXTRA_LOCKS = {"gcs": HERE / "requirements-gcs.lock", "oci": HERE / "requirements-oci.lock"}
+# (gcs: stepkit-gcs-fetcher, oci: stepkit-image-fetcher, docker: stepkit-docker).
+EXTRA_LOCKS = {
+    "gcs": HERE / "requirements-gcs.lock",
+    "oci": HERE / "requirements-oci.lock",
+    "docker": HERE / "requirements-docker.lock",
+}
 
 PYTHON_VERSION = "3.11"
 ABIS = ("cp311", "abi3", "none")

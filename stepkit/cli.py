@@ -53,6 +53,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Upload a directory to Google Cloud Storage as objects named by content, and a manifest.",
     ),
+    "ssh": (
+        "builders.ssh.cli",
+        "command",
+        "Run commands on a remote host over ssh and upload files to it, with creds-init's key.",
+    ),
+    "git-push": (
+        "builders.gitpush.push",
+        "git_push",
+        "Commit what changed in a git checkout, optionally tag it, and push it.",
+    ),
+    "docker": (
+        "builders.dockerbuild.builder",
+        "docker_build",
+        "Build an image with a Docker daemon, tag it and push it; report the registry's digest.",
+    ),
     "run": (
         "controller.run.cli",
         "command",
@@ -62,6 +77,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 # The plain commands that run without click at all, for start-up time.
 _FAST = {"nop"}
+
+# Helpers with a click-free parser for their usual command lines: module whose
+# `main(args) -> int | None` runs the helper, or returns None for click to parse args.
+_FAST_ARGS = {"git-init": "initializers.gitsrc.entry"}
 
 
 def _is_builder(obj: object) -> bool:
@@ -165,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--version"]:
         sys.stdout.write(f"stepkit {__version__}\n")
         return 0
+    if args and args[0] in _FAST_ARGS:
+        code = run_fast(args[0], args[1:])
+        if code is not None:
+            return code
     if args and args[0] in COMMANDS and COMMANDS[args[0]][1]:
         # Straight to the helper's command: building the group costs click's gettext
         # look-ups for its own option texts (~3 ms of a helper's start-up).
@@ -206,6 +229,28 @@ def run_click(cmd: click.Command, args: list[str], *, prog_name: str, name: str 
         _fail(log, name, f"internal error: {type(exc).__name__}: {exc}", exc)
         return 1
     return int(result) if isinstance(result, int) else 0
+
+
+def run_fast(name: str, args: list[str]) -> int | None:
+    """A helper's click-free parser and run, with run_click's error contract; None: not parsed."""
+    import importlib
+
+    from stepkit import log
+    from stepkit.errors import EXIT_INTERRUPTED, StepkitError
+
+    _terminate_as_interrupt()
+    try:
+        result: int | None = importlib.import_module(_FAST_ARGS[name]).main(args)
+    except StepkitError as exc:
+        _fail(log, name, exc.message, exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _fail(log, name, "interrupted", None)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        _fail(log, name, f"internal error: {type(exc).__name__}: {exc}", exc)
+        return 1
+    return result
 
 
 def _terminate_as_interrupt() -> None:

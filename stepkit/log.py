@@ -6,9 +6,13 @@ import json
 import logging
 import sys
 import time
-from typing import TextIO
 
 from stepkit.secret import redact
+
+# Not `from typing import ...`: typing costs a few ms of every helper's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 FORMATS = ("text", "json")
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
@@ -18,7 +22,8 @@ _CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
 def printable(text: str) -> str:
     """Escape control characters so a value can't rewrite the terminal or forge a log line."""
     out = text.translate(_CONTROL)
-    if any(0x80 <= ord(ch) <= 0x9F for ch in out):
+    # isascii() is one C pass; the C1 check below walks the text in Python, char by char.
+    if not out.isascii() and any(0x80 <= ord(ch) <= 0x9F for ch in out):
         out = "".join(f"\\x{ord(ch):02x}" if 0x80 <= ord(ch) <= 0x9F else ch for ch in out)
     return out
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
 from stepkit.clickutil import (
@@ -144,41 +141,24 @@ def command(
     allow_local: bool,
     force: bool,
 ) -> int:
-    import logging
+    from initializers.gitsrc.entry import run_command
 
-    from initializers.gitsrc import spec as specmod
-    from initializers.gitsrc.fetch import run
-
-    log = logging.getLogger(__name__)
-    repo = specmod.parse_url(url, allow_http=allow_http, allow_local=allow_local)
-    if repo.password is not None:
-        log.warning(
-            "-url holds credentials; they are used for this fetch only, never stored or shown"
-        )
-    if not sslverify:
-        log.warning("-sslVerify=false: the server's TLS certificate is not checked")
-    ws = Path(workspace or os.getcwd())
-    schemes = (
-        {"https", "ssh", "git"}
-        | ({"http"} if allow_http else set())
-        | ({"file"} if allow_local else set())
-    )
-    spec = specmod.FetchSpec(
-        url=repo,
-        revision=specmod.parse_revision(revision),
-        refspecs=specmod.parse_refspecs(refspec) if refspec else (),
-        dest=specmod.resolve_dest(ws, path),
-        workspace=ws,
+    return run_command(
+        url=url,
+        revision=revision,
+        path=path,
+        refspec=refspec,
         depth=depth,
         submodules=submodules,
-        ssl_verify=sslverify,
-        sparse_dirs=specmod.parse_sparse(sparsecheckoutdirectories),
-        termination_path=terminationmessagepath,
+        sslverify=sslverify,
+        sparsecheckoutdirectories=sparsecheckoutdirectories,
+        terminationmessagepath=terminationmessagepath,
         results_dir=results_dir,
+        workspace=workspace,
         retries=retries,
-        backoff=retry_backoff,
+        retry_backoff=retry_backoff,
         timeout=timeout,
+        allow_http=allow_http,
+        allow_local=allow_local,
         force=force,
-        allowed_schemes=frozenset(schemes),
     )
-    return run(spec)
