@@ -694,7 +694,7 @@ def test_gitops_git_push_step(
     res = run(
         images,
         "git-init",
-        [f"-url={peers.http.url_for('repo.git')}", "-path=manifests"],
+        [f"-url={peers.http.url_for('repo.git')}", "-revision=main", "-path=manifests"],
         pod,
         env=http,
     )
@@ -730,7 +730,12 @@ def test_gitops_git_push_step(
     assert ("repo.git", "builder") in peers.http.granted
 
     # The same over ssh, with creds-init's key; nothing changed then means nothing pushed.
-    res = run(images, "git-init", [f"-url={peers.ssh.url_for('repo.git')}", "-path=over-ssh"], pod)
+    res = run(
+        images,
+        "git-init",
+        [f"-url={peers.ssh.url_for('repo.git')}", "-revision=main", "-path=over-ssh"],
+        pod,
+    )
     assert res.returncode == 0, res.stderr
     res = run(images, "git-push", ["-path=over-ssh", "--results-dir=/builder/home/r2"], pod)
     assert res.returncode == 0, res.stderr
