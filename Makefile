@@ -5,13 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 # What the tests run for real: git servers, sshd, an OCI registry, image tools.
-DEB_PACKAGES = python3 time libnss-wrapper git openssh-client openssh-server apache2-utils docker-registry skopeo bubblewrap ca-certificates
+DEB_PACKAGES = python3 time libnss-wrapper git openssh-client openssh-server apache2-utils docker-registry skopeo bubblewrap ca-certificates python3-venv
 PYTEST_ARGS ?=
 
 .PHONY: help demo test lint typecheck unit bench deps venv clean
 
 help:
-	@echo "make demo   - run creds-init on example secrets and show what git, ssh and docker now use"
+	@echo "make demo   - run a Build (examples/builds/demo/) with stepkit run: creds-init, git source, SDK builder"
 	@echo "make test   - install what the tests need, then ruff, mypy --strict and pytest"
 	@echo "make bench  - start-up (on the host and in the images), git fetch and image size benchmarks"
 	@echo "make lint   - ruff and mypy only"
@@ -60,8 +60,9 @@ unit: venv
 test: deps venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-demo: deps venv
-	$(BIN)/python examples/demo.py
+# The images, then the Build; podman's API service when no Docker daemon answers.
+demo: deps venv images-local
+	IMAGE_REPO=$(IMAGE_REPO) STORAGE_DRIVER=$(STORAGE_DRIVER) $(BIN)/python examples/demo.py
 
 bench: deps venv
 	$(call ensure-debs,umoci)
@@ -70,6 +71,7 @@ bench: deps venv
 	$(BIN)/python bench/gcs_fetch.py
 	$(BIN)/python bench/image_fetch.py
 	$(BIN)/python bench/images.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

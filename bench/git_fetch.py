@@ -33,7 +33,7 @@ class CountingProxy(FlakyProxy):
         self.received = 0
         self._count_lock = threading.Lock()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         # The server's side of a connection is the socket whose peer is the target port.
         from_server = src.getpeername()[1] == self.target_port
         try:

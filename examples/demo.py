@@ -1,200 +1,134 @@
-"""`make demo`: creds-init on example secrets, then git, ssh and docker asked which credentials they now use."""
+"""`make demo`: a Build run end to end with `stepkit run`.
+
+examples/builds/demo/ holds a basic-auth Secret annotated for a git server, the ServiceAccount
+that lists it, a ClusterBuildTemplate with parameters and a Build whose git source is on that
+server. This script
+  1. builds the hello builder's image (examples/hello-builder, FROM stepkit-base) when missing;
+  2. serves a small repository over git http-backend, demanding the Secret's user and password;
+  3. finds a Docker-compatible daemon (DOCKER_HOST, else the usual socket), or starts podman's
+     API service when none answers;
+  4. runs the Build: `stepkit run -f <copy of examples/builds/demo> --network host ...`.
+The server's port is chosen when it starts, so the Build runs from a copy of the files with
+the placeholder address 127.0.0.1:8089 replaced by the server's. The server listens on the
+host's loopback, hence --network host, and speaks plain http, hence
+--env STEPKIT_GIT_ALLOW_HTTP=true (git-init refuses http:// otherwise).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from controller.run.podman import STORAGE_DRIVER, PodmanService  # noqa: E402
+from stepkit import __version__  # noqa: E402
+
 STEPKIT = str(Path(sys.executable).with_name("stepkit"))
+BUILD_DIR = ROOT / "examples" / "builds" / "demo"
+PLACEHOLDER = "http://127.0.0.1:8089"
+USERNAME, PASSWORD = "octocat", "demo-password-not-secret"  # as 0-secret.yaml says
 
 
-def mount_secret(root: Path, name: str, keys: dict[str, str]) -> None:
-    """Lay a secret out as the kubelet does: `<key> -> ..data/<key>`, `..data -> ..<timestamp>`."""
-    stamp = root / name / "..2026_11_27_12_00_00.000000001"
-    stamp.mkdir(parents=True)
-    for key, value in keys.items():
-        (stamp / key).write_text(value)
-        (root / name / key).symlink_to(Path("..data") / key)
-    (root / name / "..data").symlink_to(stamp.name)
+def image_repo() -> str:
+    return os.environ.get("IMAGE_REPO", "localhost/stepkit")
 
 
-def show(title: str, argv: list[str], env: dict[str, str], stdin: str | None = None) -> str:
-    print(f"\n$ {' '.join(argv)}    # {title}")
-    proc = subprocess.run(argv, env=env, input=stdin, capture_output=True, text=True, check=False)
-    out = proc.stdout.strip()
-    return out
-
-
-def fetch_source(work: Path, env: dict[str, str], token: str) -> int:
-    """The next init container: git-init fetches a repository over HTTP with Basic auth."""
-    # The demo borrows the test suite's real git server (git http-backend behind Basic auth).
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.peers import GitHttpServer, make_bare, make_repo
-
-    shas = make_repo(work / "app-src", commits=3, branches=["release"])
-    make_bare(work / "app-src", work / "srv" / "org" / "app.git")
-    workspace = work / "workspace"
-    workspace.mkdir()
-    with GitHttpServer(work / "srv", {"": ("octocat", token)}) as server:
-        # creds-init again, now naming this server: in a pod it would be one run.
-        secrets = work / "secrets"
-        proc = subprocess.run(
+def ensure_hello_builder(repo: str) -> str:
+    """The hello builder's image, FROM this tree's stepkit-base (made by make images-local)."""
+    image = f"{repo}-hello-builder:{__version__}"
+    storage = ["--storage-driver", STORAGE_DRIVER]
+    found = subprocess.run(
+        ["buildah", *storage, "inspect", "--type", "image", image],
+        capture_output=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        print(f"building {image}", flush=True)
+        subprocess.run(
             [
-                STEPKIT,
-                "creds-init",
-                f"-basic-git=github-token={server.url}",
-                f"--secrets-dir={secrets}",
+                "buildah",
+                *storage,
+                "bud",
+                "--isolation",
+                "chroot",
+                "--quiet",
+                "--build-arg",
+                f"STEPKIT_BASE={repo}-base:{__version__}",
+                "--tag",
+                image,
+                str(ROOT / "examples" / "hello-builder"),
             ],
-            env=env,
-            capture_output=True,
-            check=False,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
-        if proc.returncode != 0:
-            return proc.returncode
-        term = work / "termination-log"
-        url = server.url_for("org/app.git")
-        print(
-            f"\n$ cd workspace && stepkit git-init -url {url} -revision release -path src --allow-http \\"
-        )
-        print(f"      -terminationMessagePath {term.name}    # a Build's source.git")
-        proc = subprocess.run(
-            [
-                STEPKIT,
-                "git-init",
-                f"-url={url}",
-                "-revision=release",
-                "-path=src",
-                "--allow-http",
-                f"-terminationMessagePath={term}",
-            ],
-            env=env,
-            cwd=workspace,
-            check=False,
-        )
-        if proc.returncode != 0:
-            return proc.returncode
-        print("\n$ git -C src log --oneline --decorate -2    # what the next step finds")
-        log = subprocess.run(
-            ["git", "-C", str(workspace / "src"), "log", "--oneline", "--decorate", "-2"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        print("\n".join("  " + line for line in log.stdout.splitlines()))
-        print(f"  (the release branch's tip is {shas['refs/heads/release'][:7]})")
-        print(f"\n$ cat {term.name}    # the result Kubernetes reports")
-        print("  " + term.read_text())
-    return 0
+    return image
+
+
+@contextlib.contextmanager
+def docker_host() -> Iterator[str]:
+    """The daemon the docker CLI would use, or podman's API service started for the demo."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+        yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        return
+    except docker.errors.DockerException:
+        pass
+    print("no Docker daemon answers: starting podman's API service for the demo", flush=True)
+    with PodmanService() as service:
+        yield service.url
 
 
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    from tests.peers import GitHttpServer, make_bare, make_repo
+
+    repo = image_repo()
+    ensure_hello_builder(repo)
     work = Path(tempfile.mkdtemp(prefix="stepkit-demo-"))
     try:
-        secrets, home = work / "secrets", work / "builder-home"
-        secrets.mkdir()
-        token = "demo-token-" + os.urandom(6).hex()
-        mount_secret(secrets, "github-token", {"username": "octocat", "password": token + "\n"})
-        keydir = work / "keygen"
-        keydir.mkdir()
-        subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "deploy",
-                "-f",
-                str(keydir / "id"),
-            ],
-            check=True,
-        )
-        hostkey = (keydir / "id.pub").read_text().split()[:2]  # stands in for github.com's host key
-        mount_secret(
-            secrets,
-            "deploy-key",
-            {
-                "ssh-privatekey": (keydir / "id").read_text(),
-                "known_hosts": f"github.com {hostkey[0]} {hostkey[1]}\n",
-            },
-        )
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-        }
-        argv = [
-            STEPKIT,
-            "creds-init",
-            "-basic-git=github-token=https://github.com",
-            "-ssh-git=deploy-key=github.com",
-            "-basic-docker=github-token=ghcr.io",
-            f"--secrets-dir={secrets}",
-        ]
-        print("Secrets mounted as Kubernetes does, under", secrets)
-        print(f"\n$ HOME={home} stepkit creds-init -basic-git=github-token=https://github.com \\")
-        print(
-            "      -ssh-git=deploy-key=github.com -basic-docker=github-token=ghcr.io --secrets-dir=..."
-        )
-        proc = subprocess.run(argv, env=env, check=False)
-        if proc.returncode != 0:
-            print("creds-init failed", file=sys.stderr)
-            return proc.returncode
-        print("\nFiles written:")
-        for path in sorted(home.rglob("*")):
-            print(f"  {oct(path.stat().st_mode & 0o777)}  {path.relative_to(home)}")
-
-        out = show(
-            "git asks its credential helper",
-            ["git", "credential", "fill"],
-            env,
-            stdin="protocol=https\nhost=github.com\n\n",
-        )
-        for line in out.splitlines():
-            key, _, value = line.partition("=")
-            if key == "password":
-                same = (
-                    "the secret's token, trailing newline stripped" if value == token else "WRONG"
-                )
-                line = f"password=<{len(value)} characters: {same}>"
-            print("  " + line)
-
-        out = show("what git reads from ~/.gitconfig", ["git", "config", "--global", "--list"], env)
-        print("\n".join("  " + line for line in out.splitlines()))
-
-        ssh_config = str(home / ".ssh" / "config")
-        out = show(
-            "what ssh will do for github.com", ["ssh", "-G", "-F", ssh_config, "github.com"], env
-        )
-        wanted = (
-            "hostname ",
-            "port ",
-            "identityfile ",
-            "stricthostkeychecking ",
-            "userknownhostsfile ",
-        )
-        print("\n".join("  " + line for line in out.splitlines() if line.startswith(wanted)))
-
-        import docker.auth
-
-        config = docker.auth.load_config(str(home / ".docker" / "config.json"))
-        auth = docker.auth.resolve_authconfig(config, "ghcr.io") or {}
-        print(
-            "\n$ python -c 'docker.auth.resolve_authconfig(...)'    # what a docker client sends to ghcr.io"
-        )
-        print(
-            f"  username={auth.get('username')}  password matches the secret: {auth.get('password') == token}"
-        )
-        return fetch_source(work, env, token)
+        make_repo(work / "app", commits=3)
+        make_bare(work / "app", work / "srv" / "org" / "app.git")
+        with GitHttpServer(work / "srv", {"": (USERNAME, PASSWORD)}) as server:
+            files = work / "build"
+            files.mkdir()
+            for path in sorted(BUILD_DIR.glob("*.yaml")):
+                text = path.read_text().replace(PLACEHOLDER, server.url)
+                text = text.replace("localhost/stepkit-", f"{repo}-")
+                (files / path.name).write_text(text)
+            with docker_host() as host:
+                argv = [
+                    "stepkit",
+                    "run",
+                    "-f",
+                    "examples/builds/demo/",
+                    "--network",
+                    "host",
+                    "--env",
+                    "STEPKIT_GIT_ALLOW_HTTP=true",
+                    "--image-repo",
+                    repo,
+                ]
+                print(f"\n$ {' '.join(argv)}    # the git server is at {server.url}\n", flush=True)
+                argv[0], argv[3] = STEPKIT, str(files)
+                env = {**os.environ, "DOCKER_HOST": host}
+                code = subprocess.run(argv, env=env, check=False).returncode
+            if code == 0 and not server.granted:
+                print("error: the git server granted no request", file=sys.stderr)
+                return 1
+            return code
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 stamps=$(dirname "$context")/built
 repo=${IMAGE_REPO:-localhost/stepkit}
 version=${VERSION:?VERSION is not set}
-helpers=${HELPERS:-nop creds-init git-init gcs-fetcher image-fetcher docker}
+helpers=${HELPERS:-nop creds-init git-init gcs-fetcher image-fetcher ssh git-push docker}
 driver=${STORAGE_DRIVER:-vfs}
 builder=${IMAGE_BUILDER:-}
 if [ -z "$builder" ]; then

@@ -210,6 +210,8 @@ class Result:
 
     name: str
     help: str = ""
+    optional: bool = False
+    """True: a result set only in some runs (say, when a flag asks for it); no warning when unset."""
 
     def __post_init__(self) -> None:
         if not _RESULT_NAME.fullmatch(self.name) or len(self.name) > 253:

@@ -1012,7 +1012,7 @@ class Builder:
             rt.logger.error("cannot write the results: %s", exc.strerror)
             code = code or EXIT_FAILURE
         if code == 0:
-            missing = [r.name for r in self.results if r.name not in rt.results]
+            missing = [r.name for r in self.results if r.name not in rt.results and not r.optional]
             for name in missing:
                 rt.logger.warning("result %r was declared but never set", name)
         if code == 0 and rt.signalled is not None:

@@ -53,10 +53,25 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Upload a directory to Google Cloud Storage as objects named by content, and a manifest.",
     ),
+    "ssh": (
+        "builders.ssh.cli",
+        "command",
+        "Run commands on a remote host over ssh and upload files to it, with creds-init's key.",
+    ),
+    "git-push": (
+        "builders.gitpush.push",
+        "git_push",
+        "Commit what changed in a git checkout, optionally tag it, and push it.",
+    ),
     "docker": (
         "builders.dockerbuild.builder",
         "docker_build",
         "Build an image with a Docker daemon, tag it and push it; report the registry's digest.",
+    ),
+    "run": (
+        "controller.run.cli",
+        "command",
+        "Run a Build on this machine through the Docker Engine API (Docker or podman), as a kubelet would.",
     ),
 }
 

@@ -18,7 +18,8 @@ _CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
 def printable(text: str) -> str:
     """Escape control characters so a value can't rewrite the terminal or forge a log line."""
     out = text.translate(_CONTROL)
-    if any(0x80 <= ord(ch) <= 0x9F for ch in out):
+    # isascii() is one C pass; the C1 check below walks the text in Python, char by char.
+    if not out.isascii() and any(0x80 <= ord(ch) <= 0x9F for ch in out):
         out = "".join(f"\\x{ord(ch):02x}" if 0x80 <= ord(ch) <= 0x9F else ch for ch in out)
     return out
 

@@ -50,7 +50,16 @@ STORAGE_DRIVER = os.environ.get("STORAGE_DRIVER", "vfs")
 # several checkouts share one machine's containers storage (each its own, so no checkout's
 # tests run another's images).
 IMAGE_REPO = os.environ.get("STEPKIT_TEST_IMAGE_REPO", "localhost/stepkit")
-HELPERS = ("nop", "creds-init", "git-init", "gcs-fetcher", "image-fetcher", "docker")
+HELPERS = (
+    "nop",
+    "creds-init",
+    "git-init",
+    "gcs-fetcher",
+    "image-fetcher",
+    "ssh",
+    "git-push",
+    "docker",
+)
 POD_WORKSPACE = "/workspace"
 POD_HOME = "/builder/home"
 POD_SECRETS = "/var/build-secrets"

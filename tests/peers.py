@@ -961,6 +961,8 @@ class AuthorizedKey:
     only_repo: str | None = None
     name: str = ""
     push: bool = False
+    # A login key: any command as root, and the sftp subsystem (tests of the ssh builder).
+    login: bool = False
 
 
 @dataclass(frozen=True)
@@ -1109,6 +1111,9 @@ class SshServer(_PortServer):
         lines = []
         for index, key in enumerate(self.authorized):
             name = key.name or f"key{index}"
+            if key.login:
+                lines.append(key.public_key.strip())
+                continue
             if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
                 raise ValueError(f"key name {name!r}: use letters, digits, '.', '_' or '-'")
             command = shlex.join(
@@ -1156,6 +1161,8 @@ class SshServer(_PortServer):
                 "UseDNS no",
                 "MaxStartups 100",
                 "LogLevel VERBOSE",
+                # For login=True keys; a key with a forced command gets that command instead.
+                "Subsystem sftp internal-sftp",
                 "",
             ]
         )

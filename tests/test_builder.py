@@ -347,6 +347,26 @@ def test_a_declared_result_never_set_is_a_warning() -> None:
     assert error_lines(res) == ["actions: warning: result 'other' was declared but never set"]
 
 
+@builder(
+    name="optional",
+    params=[Param("record", type=bool, default=False)],
+    results=[Result("always"), Result("maybe", help="Only with -record.", optional=True)],
+)
+def _optional_result(ctx: Context) -> None:
+    ctx.set_result("always", "yes")
+    if ctx.params.record:
+        ctx.set_result("maybe", "recorded")
+
+
+def test_an_optional_result_never_set_is_no_warning() -> None:
+    res = run_builder(_optional_result, [])
+    assert res.exit_code == 0, res.output
+    assert error_lines(res) == []
+    assert res.results == {"always": "yes"}
+    res = run_builder(_optional_result, ["-record"])
+    assert res.results == {"always": "yes", "maybe": "recorded"}
+
+
 def test_results_over_4096_bytes_are_a_clear_error() -> None:
     res = run_builder(actions, ["-action=big"])
     assert res.exit_code == 1

@@ -482,6 +482,38 @@ def test_credential_refresh_failure_is_mapped(gcs: FakeGcs, bucket: str) -> None
         down.media(loc, connect_timeout=5, read_timeout=5)
 
 
+def test_host_pool_path_answers_as_the_proxy_manager_path(gcs: FakeGcs, bucket: str) -> None:
+    """GcsClient asks the host's connection pool directly when no proxy is set (the fast path
+    of thousands of small reads); with a proxy it goes through urllib3's manager. Both must
+    give the same bytes, headers and errors, and the fast path keeps one connection alive."""
+    from stepkit.gcs import GcsClient, NotFoundError
+
+    first = gcs.put(bucket, "dir/a b+c.txt", b"first")
+    gcs.put(bucket, "dir/a b+c.txt", b"second")
+    fast = GcsClient(None, base_url=gcs.url, pool_size=1)
+    slow = GcsClient(None, base_url=gcs.url, pool_size=1)
+    slow._pool = None  # what a client behind HTTP(S)_PROXY does: no loopback proxy to test with
+    assert fast._pool is not None
+
+    def read(client: GcsClient, loc: Location) -> tuple[bytes, str, str]:
+        resp = client.media(loc, connect_timeout=5, read_timeout=5)
+        try:
+            return resp.raw.read(), resp.headers["x-goog-generation"], resp.headers["x-goog-hash"]
+        finally:
+            resp.close()
+
+    for loc in (Location(bucket, "dir/a b+c.txt", first), Location(bucket, "dir/a b+c.txt")):
+        assert read(fast, loc) == read(slow, loc)
+        assert fast.metadata(loc, timeout=5) == slow.metadata(loc, timeout=5)
+    assert read(fast, Location(bucket, "dir/a b+c.txt", first))[0] == b"first"
+    for client in (fast, slow):
+        with pytest.raises(NotFoundError, match="generation 1 of"):
+            client.media(Location(bucket, "dir/a b+c.txt", 1), connect_timeout=5, read_timeout=5)
+    for _ in range(5):
+        read(fast, Location(bucket, "dir/a b+c.txt"))
+    assert fast._pool.num_connections == 1  # keep-alive: one connection for every read
+
+
 def test_5xx_and_resets_recovered_by_retry(
     gcs: FakeGcs, gcs_proxy: GcsFaultProxy, bucket: str, dest: Path
 ) -> None:

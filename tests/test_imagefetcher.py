@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -614,8 +615,8 @@ def test_sigterm_while_a_layer_download_hangs_cleans_up(tmp_path: Path, dest: Pa
             )  # fmt: skip
             try:
                 assert staller.accepted.wait(30), "the fetcher never reached the stalled blob"
-                staging = list(dest.glob(".stepkit-image-*"))
-                assert staging and (staging[0] / "rootfs" / "app" / "a.txt").exists()
+                # Layer 2 downloads while layer 1 is applied: wait for layer 1's file.
+                wait_for_applied(dest)
                 proc.send_signal(signal.SIGTERM)
                 _, stderr = proc.communicate(timeout=30)
             finally:
@@ -627,6 +628,18 @@ def test_sigterm_while_a_layer_download_hangs_cleans_up(tmp_path: Path, dest: Pa
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert snapshot(dest) == {"old": "old\n"}
+
+
+def wait_for_applied(dest: Path, name: str = "app/a.txt") -> list[Path]:
+    """The staging directories in dest once one holds `name` of layer 1 in its rootfs (layers
+    download in parallel, so a stalled later layer can be reached before layer 1 is applied)."""
+    deadline = time.monotonic() + 30
+    while True:
+        staging = list(dest.glob(".stepkit-image-*"))
+        if staging and (staging[0] / "rootfs" / name).exists():
+            return staging
+        assert time.monotonic() < deadline, f"layer 1 was never applied: {staging}"
+        time.sleep(0.02)
 
 
 V2_LAYER = layer_tar([LayerFile("v2", b"two\n")])
@@ -649,6 +662,7 @@ def stalled_fetch(
     )  # fmt: skip
     try:
         assert staller.accepted.wait(30), "the fetcher never reached the stalled blob"
+        wait_for_applied(dest)
         yield proc
     finally:
         if proc.poll() is None:

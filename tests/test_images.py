@@ -338,6 +338,74 @@ def test_ssh_runs_under_a_uid_without_passwd_entry(images: dict[str, str], tmp_p
     )
 
 
+def test_ssh_builder_as_a_step_after_creds_init_and_git_init(
+    images: dict[str, str], peers: Peers, pod: Pod, tmp_path: Path
+) -> None:
+    """A deploy: creds-init with the git key and a deploy host's key, git-init over ssh, the
+    stepkit-ssh image uploading the checkout to the host and running a command there, nop."""
+    private, public = gen_keypair(tmp_path / "keys" / "target")
+    remote = tmp_path / "target-root"
+    remote.mkdir()
+    with SshServer(tmp_path / "target-sshd", [AuthorizedKey(public, remote, login=True)]) as host:
+        pod.secrets.add("deploy", {"ssh-privatekey": private, "known_hosts": host.host_key_line})
+        for path in [pod.secrets.root, *pod.secrets.root.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        # Two ssh secrets on one address, told apart by port.
+        args = [*knative_creds_args(peers), f"-ssh-git=deploy=127.0.0.1:{host.port}"]
+        res = run(images, "creds-init", args, pod, secrets=True)
+        assert res.returncode == 0, res.stderr
+        ssh_url = peers.ssh.url_for("repo.git")
+        res = run(images, "git-init", [f"-url={ssh_url}", "-revision=main", "-path=src"], pod)
+        assert res.returncode == 0, res.stderr
+        (pod.workspace / "src" / "deploy.sh").write_text(
+            "#!/bin/sh\necho deployed $(cat README.md)\n"
+        )
+        (pod.workspace / "src" / "deploy.sh").chmod(0o755)
+        results = emptydir(tmp_path / "results")
+        res = run(
+            images,
+            "ssh",
+            [
+                "-host=127.0.0.1",
+                f"-port={host.port}",
+                "-user=root",
+                f"-upload=src={remote}/app",
+                f"-command=cd {remote}/app && ./deploy.sh",
+                "-output",
+            ],
+            pod,
+            mounts=[(results, "/tekton/results", False)],
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == "deployed commit 3\n"
+        assert (remote / "app" / "README.md").read_text() == "commit 3\n"
+        assert (remote / "app" / "deploy.sh").stat().st_mode & 0o777 == 0o755
+        assert (results / "output").read_text() == "deployed commit 3\n"
+
+        # The host's key changes (say, a machine in the middle): the step refuses, exit 3.
+        pod.home.joinpath(".ssh", "known_hosts").write_text(
+            f"[127.0.0.1]:{host.port} {peers.ssh.host_key_line.split(' ', 1)[1]}\n"
+        )
+        res = run(
+            images,
+            "ssh",
+            [
+                "-host=127.0.0.1",
+                f"-port={host.port}",
+                "-user=root",
+                f"-command=touch {remote}/PWNED",
+            ],
+            pod,
+        )
+        assert res.returncode == 3, res.stderr
+        assert "has CHANGED" in res.stderr
+        assert not (remote / "PWNED").exists()
+
+    res = run(images, "nop", [], pod)
+    assert (res.returncode, res.stdout) == (0, "Build successful\n"), res.stderr
+
+
 def _tar_gz(files: dict[str, tuple[int, bytes]], links: dict[str, str]) -> bytes:
     """A .tar.gz of files {name: (mode, content)} and symlinks {name: target}."""
     buffer = io.BytesIO()
@@ -612,6 +680,77 @@ def test_tekton_catalog_git_clone_task(
         assert ("repo.git", "builder") in peers.http.granted
     else:
         assert [a.repo for a in peers.ssh.access_log() if a.allowed] == ["repo.git"]
+
+
+def test_gitops_git_push_step(
+    images: dict[str, str], peers: Peers, pod: Pod, tmp_path: Path
+) -> None:
+    """creds-init, git-init of a manifests repository, a step bumping the image tag, then the
+    git-push image committing, tagging and pushing it over http and ssh while another build
+    pushed to the same branch (so it rebases)."""
+    res = run(images, "creds-init", knative_creds_args(peers), pod, secrets=True)
+    assert res.returncode == 0, res.stderr
+    http = {"STEPKIT_GIT_ALLOW_HTTP": "true"}
+    res = run(
+        images,
+        "git-init",
+        [f"-url={peers.http.url_for('repo.git')}", "-path=manifests"],
+        pod,
+        env=http,
+    )
+    assert res.returncode == 0, res.stderr
+    bump = "printf 'image: registry.example.com/app:v2\\n' >/workspace/manifests/deploy.yaml"
+    res = run(images, "base", ["sh", "-c", bump], pod)
+    assert res.returncode == 0, res.stderr
+
+    # Another build pushes to main meanwhile.
+    env = git_env(tmp_path / "other-home")
+    run_git(["clone", "-q", str(peers.srv / "repo.git"), str(tmp_path / "other")], env=env)
+    (tmp_path / "other" / "NOTES.md").write_text("another build\n")
+    run_git(["add", "NOTES.md"], env=env, cwd=tmp_path / "other")
+    run_git(["commit", "-q", "-m", "other"], env=env, cwd=tmp_path / "other")
+    run_git(["push", "-q", "origin", "main"], env=env, cwd=tmp_path / "other")
+    theirs = peers.ref("refs/heads/main")
+
+    push_args = [
+        "-path=manifests",
+        "-message=Deploy app:v2",
+        "-author=Deploy Bot <deploy@example.com>",
+        "-tag=deploy-v2",
+        "-allow-http",
+        "-retry-backoff=0",
+        "--results-dir=/builder/home/push-results",
+    ]
+    res = run(images, "git-push", push_args, pod)
+    assert res.returncode == 0, res.stderr
+    commit = (pod.home / "push-results" / "commit").read_text()
+    assert (pod.home / "push-results" / "pushed").read_text() == "true"
+    assert peers.ref("refs/heads/main") == commit == peers.ref("refs/tags/deploy-v2^{commit}")
+    assert peers.ref("refs/heads/main^") == theirs
+    assert ("repo.git", "builder") in peers.http.granted
+
+    # The same over ssh, with creds-init's key; nothing changed then means nothing pushed.
+    res = run(images, "git-init", [f"-url={peers.ssh.url_for('repo.git')}", "-path=over-ssh"], pod)
+    assert res.returncode == 0, res.stderr
+    res = run(images, "git-push", ["-path=over-ssh", "--results-dir=/builder/home/r2"], pod)
+    assert res.returncode == 0, res.stderr
+    assert (pod.home / "r2" / "pushed").read_text() == "false"
+    res = run(
+        images,
+        "base",
+        [
+            "sh",
+            "-c",
+            "printf 'image: registry.example.com/app:v3\\n' >/workspace/over-ssh/deploy.yaml",
+        ],
+        pod,
+    )
+    assert res.returncode == 0, res.stderr
+    res = run(images, "git-push", ["-path=over-ssh", "--results-dir=/builder/home/r3"], pod)
+    assert res.returncode == 0, res.stderr
+    assert (pod.home / "r3" / "pushed").read_text() == "true"
+    assert peers.ref("refs/heads/main") == (pod.home / "r3" / "commit").read_text()
+    assert any(a.allowed and "receive-pack" in a.command for a in peers.ssh.access_log())
 
 
 def test_docker_builder_in_the_pod_sequence(images: dict[str, str], tmp_path: Path) -> None:

@@ -551,6 +551,7 @@ def _check_symlink(path: str, target: str) -> None:
 def _assemble(entries: list[gcsmanifest.Entry], objects: Path, tree: Path) -> None:
     """Move downloaded objects to their paths in tree and make the symlinks, all under staging."""
     links: list[tuple[gcsmanifest.Entry, str]] = []
+    made: set[Path] = {tree}  # directories known to exist: one mkdir per directory, not per file
     for index, entry in enumerate(entries):
         staged = objects / str(index)
         if entry.is_symlink:
@@ -565,7 +566,9 @@ def _assemble(entries: list[gcsmanifest.Entry], objects: Path, tree: Path) -> No
             links.append((entry, target))
             continue
         final = tree / entry.path
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.parent not in made:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            made.add(final.parent)
         os.replace(staged, final)
         os.chmod(final, entry.perm)
     for entry, target in links:
@@ -685,9 +688,10 @@ class Fetcher:
         self.stats.manifest_seconds = time.monotonic() - started
         entries = gcsmanifest.parse(source.read_bytes(), what=f"manifest {fetched.location}")
         for entry in entries:
-            check_bucket(
-                entry.source, spec.allowed_buckets, what=f"manifest entry {shown(entry.path)}"
-            )
+            if spec.allowed_buckets is not None:  # (the message is built only when needed)
+                check_bucket(
+                    entry.source, spec.allowed_buckets, what=f"manifest entry {shown(entry.path)}"
+                )
             if not spec.allow_git and any(
                 archive.is_git_name(part) for part in entry.path.split("/")
             ):
@@ -705,10 +709,24 @@ class Fetcher:
         objects = work / "objects"
         objects.mkdir()
         self.stats.download_started = time.monotonic()
-        futures = [
-            pool.submit(
-                partial(
-                    self.downloader.fetch,
+        # One job per worker, each taking the next entry until none is left: no Future per
+        # object, and every thread is started before any of them downloads, so starting the
+        # 200th does not wait for the GIL behind 199 busy ones.
+        todo = iter(enumerate(entries))
+        todo_lock = threading.Lock()
+        go = threading.Event()
+
+        def worker() -> None:
+            go.wait()
+            while True:
+                if self.cancel.is_set():
+                    raise _Cancelled
+                with todo_lock:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                index, entry = item
+                self.downloader.fetch(
                     entry.source,
                     # Staged under its index, never under a name taken from the object or key.
                     objects / str(index),
@@ -716,9 +734,11 @@ class Fetcher:
                     sha1=entry.sha1,
                     max_size=MAX_SYMLINK_TARGET if entry.is_symlink else None,
                 )
-            )
-            for index, entry in enumerate(entries)
-        ]
+
+        try:
+            futures = [pool.submit(worker) for _ in range(self.stats.workers)]
+        finally:
+            go.set()
         self._pool_wait(futures)
         self.stats.download_seconds = time.monotonic() - self.stats.download_started
         tree = work / "tree"

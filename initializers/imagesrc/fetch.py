@@ -1,4 +1,13 @@
-"""image-fetcher's work: resolve, then fetch and apply one verified layer at a time in private staging, then place."""
+"""image-fetcher's work: resolve, then fetch layers and apply each verified one in order in private staging, then place.
+
+Layers download in order, PARALLEL_DOWNLOADS at a time and at most LAYERS_AHEAD beyond the
+one being applied, each into its own file in the staging directory, while the main thread
+applies the earlier ones in the image's order: a
+layer is applied only once its whole blob is on disk and its size and digest checked, and
+its decompression limits hold while it is applied. Nothing reaches --dest_dir before every
+layer has been applied; a failure of any layer (a download or applying one) stops the
+others and leaves the destination as it was.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +16,20 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from initializers.imagesrc.spec import ImageSpec
 from stepkit.errors import StepkitError
 from stepkit.staging import staging_dir
 from stepkit.validate import shown
+
+if TYPE_CHECKING:
+    from stepkit.oci.layers import RootFs
+    from stepkit.oci.registry import Image, RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +37,13 @@ log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 5.0
 STAGING_PREFIX = ".stepkit-image-"
 _MIB = 1 << 20
+# Layer blobs downloading or downloaded and waiting, at most; so at most this many
+# compressed layers are on disk beside the rootfs (skopeo downloads up to 6 at once).
+LAYERS_AHEAD = 3
+# Of those, downloading at the same time, started in the image's order: layer 1 shares the
+# bandwidth with one other download only, so applying can begin early, while a second
+# stream hides a request's round trip when layers are small.
+PARALLEL_DOWNLOADS = 2
 
 
 @dataclass
@@ -138,6 +159,114 @@ def _place(out: Path, dest: Path) -> None:
     archive.place(out, dest)
 
 
+class _Cancelled(BaseException):
+    """Raised inside a download's progress callback once the pull has failed or ended: stop."""
+
+
+class _Download:
+    """One layer blob downloading in a daemon thread into its own file (a stalled download
+    must not keep the process alive after the pull has failed or been interrupted)."""
+
+    def __init__(self, target: Callable[[], None], name: str, changed: threading.Condition) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._target = target
+        self._changed = changed
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self.error = exc
+        finally:
+            with self._changed:
+                self.done.set()
+                self._changed.notify_all()
+
+
+def _pull_layers(
+    client: RegistryClient, image: Image, work: Path, rootfs: RootFs, progress: Progress
+) -> None:
+    """Download the image's layers in order, PARALLEL_DOWNLOADS at a time and at most LAYERS_AHEAD
+    beyond the one being applied, applying each in order once verified."""
+    blobs = work / "layers"
+    blobs.mkdir()
+    layers = image.layers
+    count = len(layers)
+    stop = threading.Event()
+    changed = threading.Condition()
+    turn = [0]  # the next layer whose download may start
+    active = [0]  # downloads running
+
+    def received(n: int) -> None:
+        if stop.is_set():
+            raise _Cancelled
+        progress.add(n)
+
+    def start(index: int) -> _Download:
+        path = blobs / str(index)
+
+        def fetch() -> None:
+            with changed:
+                while turn[0] != index or active[0] >= PARALLEL_DOWNLOADS:
+                    if stop.is_set():
+                        raise _Cancelled
+                    changed.wait()
+                turn[0] += 1
+                active[0] += 1
+            try:
+                client.fetch_blob(image.reference, layers[index], path, progress=received)
+            finally:
+                with changed:
+                    active[0] -= 1
+                    changed.notify_all()
+
+        return _Download(fetch, f"layer-{index + 1}", changed)
+
+    downloads: dict[int, _Download] = {}
+    try:
+        for index in range(min(LAYERS_AHEAD, count)):
+            downloads[index] = start(index)
+        for index, layer in enumerate(layers):
+            label = f"layer {index + 1} of {count} ({layer.digest})"
+            progress.phase = f"downloading {label}"
+            with changed:
+                # Wake for this layer's end or any failure: a later layer's bad digest stops
+                # the pull without waiting for this one.
+                while not downloads[index].done.is_set():
+                    _raise_first_failure(downloads)
+                    changed.wait(1.0)
+            _raise_first_failure(downloads)
+            del downloads[index]
+            progress.phase = f"applying {label}"
+            path = blobs / str(index)
+            rootfs.apply(path, media_type=layer.media_type, label=label)
+            # Only the rootfs counts once applied; the window moves on by one layer.
+            path.unlink()
+            progress.layers_done = index + 1
+            if index + LAYERS_AHEAD < count:
+                downloads[index + LAYERS_AHEAD] = start(index + LAYERS_AHEAD)
+    finally:
+        with changed:
+            stop.set()
+            changed.notify_all()
+        # Downloads that see `stop` end at their next chunk; one stalled in a read cannot
+        # be waited for (its thread is a daemon; its file goes with the staging directory).
+        deadline = time.monotonic() + 2.0
+        for download in downloads.values():
+            download.done.wait(max(0.0, deadline - time.monotonic()))
+
+
+def _raise_first_failure(downloads: dict[int, _Download]) -> None:
+    """The error of the earliest layer whose download failed, if any has."""
+    for index in sorted(downloads):
+        download = downloads[index]
+        if download.done.is_set() and download.error is not None:
+            raise download.error
+
+
 def run(spec: ImageSpec) -> int:
     """Fetch spec.reference's filesystem (spec.path of it) into spec.dest; 0 on success."""
     from stepkit.oci.layers import RootFs
@@ -168,16 +297,7 @@ def run(spec: ImageSpec) -> int:
             root = work / "rootfs"
             root.mkdir()
             rootfs = RootFs(root, allow_git=spec.allow_git)
-            blob = work / "layer"
-            for index, layer in enumerate(image.layers):
-                label = f"layer {index + 1} of {len(image.layers)} ({layer.digest})"
-                progress.phase = f"downloading {label}"
-                client.fetch_blob(image.reference, layer, blob, progress=progress.add)
-                progress.phase = f"applying {label}"
-                rootfs.apply(blob, media_type=layer.media_type, label=label)
-                # Only one layer file on disk at a time: the rootfs holds what counts.
-                blob.unlink()
-                progress.layers_done = index + 1
+            _pull_layers(client, image, work, rootfs, progress)
             progress.phase = f"exporting {spec.path}"
             # A directory's contents, or a file as the one entry of `out`.
             out = work / "out"

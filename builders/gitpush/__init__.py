@@ -1,0 +1,1 @@
+"""git-push: commit what a build changed, tag it, push it with creds-init's credentials."""
