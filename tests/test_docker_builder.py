@@ -218,7 +218,6 @@ def test_credentials_from_a_cred_helper(peers: Peers, tmp_path: Path) -> None:
     )
     assert run.exit_code == 0, run.output
     assert asked.read_text() == host
-    assert "docker-credential-stepkit-test" in run.output
     assert peers.skopeo_inspect("team/helper:v1")["Digest"] == run.results["IMAGE_DIGEST"]
     assert_no_leak(run.output, [PASSWORD, WRONG])
 
