@@ -218,7 +218,6 @@ def test_credentials_from_a_cred_helper(peers: Peers, tmp_path: Path) -> None:
     )
     assert run.exit_code == 0, run.output
     assert asked.read_text() == host
-    assert "docker-credential-stepkit-test" in run.stderr
     assert peers.skopeo_inspect("team/helper:v1")["Digest"] == run.results["IMAGE_DIGEST"]
     assert_no_leak(run.output, [PASSWORD, WRONG])
 
@@ -427,3 +426,20 @@ def test_docker_hub_credentials_match_every_spelling(tmp_path: Path) -> None:
         assert (found.username, found.password) == ("hubuser", "hub-password-1")
     # A look-alike host gets nothing.
     assert creds.find(config, parse("docker.io.evil.example/app"), tmp_path / "c") is None
+
+
+def test_tls_without_its_certificates_exits_2_naming_docker_cert_path(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    run = run_builder(
+        docker_build,
+        ["-image=registry.example.com/app:v1"],
+        env={
+            "DOCKER_HOST": "tcp://127.0.0.1:2376",
+            "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": str(tmp_path / "no-certs"),
+        },
+        workspace=tmp_path,
+        root=tmp_path / "run",
+    )
+    assert run.exit_code == 2, run.output
+    assert "DOCKER_CERT_PATH" in run.stderr
