@@ -114,7 +114,7 @@ images-lock: | $(BIN)/python
 # stepkit's wheel and the locked wheels, for this machine's architecture: the build context.
 wheels: $(IMAGE_CONTEXT)/stepkit.req
 
-$(IMAGE_CONTEXT)/stepkit.req: images/requirements.lock images/pip.lock images/requirements-gcs.lock images/requirements-oci.lock images/wheels.py images/ssh $(PACKAGE_FILES) | $(BIN)/python
+$(IMAGE_CONTEXT)/stepkit.req: images/requirements.lock images/pip.lock images/requirements-gcs.lock images/requirements-oci.lock images/requirements-docker.lock images/wheels.py images/ssh $(PACKAGE_FILES) | $(BIN)/python
 	$(BIN)/python images/wheels.py context $(IMAGE_CONTEXT)
 
 # A Debian base with python3, git and ssh in containers storage, for machines without a registry.
